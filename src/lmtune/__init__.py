@@ -1,0 +1,43 @@
+"""lmtune: fine-tune, evaluate, compress and serve language models, fast and frugal.
+
+Public API:
+
+    from lmtune import RunConfig, train, load_run
+    run = train(RunConfig(model={"name": "all-MiniLM-L6-v2"}, data={"train": "train.csv"}))
+    load_run("runs/run").predict(["what a wonderful film"])
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from lmtune.config import RunConfig  # noqa: E402
+from lmtune.errors import LmtuneError  # noqa: E402
+
+
+def train(config: RunConfig | dict, *, overwrite: bool = False):  # type: ignore[no-untyped-def]
+    """Fine-tune as the config says and return the finished `Run`."""
+    from lmtune.run import train as _train
+
+    cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
+    return _train(cfg, overwrite=overwrite)
+
+
+def load_run(directory, device=None):  # type: ignore[no-untyped-def]
+    """Load a finished run directory for prediction and evaluation."""
+    from lmtune.run import load_run as _load_run
+
+    return _load_run(directory, device)
+
+
+def evaluate(directory, data_path):  # type: ignore[no-untyped-def]
+    """Metrics of a finished run on a labelled file."""
+    return load_run(directory).evaluate(data_path)
+
+
+def predict(directory, texts):  # type: ignore[no-untyped-def]
+    """Predictions of a finished run for a list of texts."""
+    return load_run(directory).predict(texts)
+
+
+__all__ = ["LmtuneError", "RunConfig", "__version__", "evaluate", "load_run", "predict", "train"]

@@ -1,0 +1,330 @@
+"""The run configuration: one schema, the single source of truth.
+
+A YAML file, CLI flags (`--model`, `--set train.epochs=3`, ...) and the Python API all build
+the same `RunConfig`. Unknown keys are errors that name the key and suggest the closest
+valid one. Method and task options live flat under `method:` / `task:` and are validated
+by the options model of the registered method or task, so adding a method never touches
+this file.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lmtune.errors import LmtuneError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """Which pretrained model to start from."""
+
+    name: str = Field(description="Packaged model name, local directory or Hugging Face Hub id.")
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(
+        default=False, description="Run model code shipped with a hub repo. Off unless you trust it."
+    )
+
+
+class _Registered(BaseModel):
+    """A registry-backed section: a name plus flat options validated by the registered class."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=False)
+
+    @property
+    def options(self) -> BaseModel:
+        return self._options_model()(**(self.model_extra or {}))
+
+    def _options_model(self) -> type[BaseModel]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class TaskConfig(_Registered):
+    """The task; its options (e.g. `multi_label`) are flat keys beside `type`."""
+
+    type: str = Field(default="classification", description="Registered task name.")
+
+    @model_validator(mode="after")
+    def _validate_options(self) -> TaskConfig:
+        from lmtune.tasks import get_task_class
+
+        self.__pydantic_extra__ = _validated_options(get_task_class(self.type).Options, self.model_extra, "task")
+        return self
+
+    def _options_model(self) -> type[BaseModel]:
+        from lmtune.tasks import get_task_class
+
+        return get_task_class(self.type).Options
+
+
+class MethodConfig(_Registered):
+    """The fine-tuning method; its options (e.g. `r`, `alpha`) are flat keys beside `name`."""
+
+    name: str = Field(default="lora", description="Registered method name.")
+
+    @model_validator(mode="after")
+    def _validate_options(self) -> MethodConfig:
+        from lmtune.methods import get_method_class
+
+        self.__pydantic_extra__ = _validated_options(
+            get_method_class(self.name).Options, self.model_extra, "method"
+        )
+        return self
+
+    def _options_model(self) -> type[BaseModel]:
+        from lmtune.methods import get_method_class
+
+        return get_method_class(self.name).Options
+
+
+class OptionsError(ValueError):
+    """Raised inside validation for a bad method/task option; carries the finished message."""
+
+    def __init__(self, error: LmtuneError) -> None:
+        self.error = error
+        super().__init__(str(error))
+
+
+def _validated_options(options_model: type[BaseModel], extra: dict[str, Any] | None, section: str) -> dict:
+    try:
+        return options_model(**(extra or {})).model_dump()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join([section, *(str(p) for p in err["loc"])])
+        if err["type"] == "extra_forbidden":
+            valid = list(options_model.model_fields)
+            close = difflib.get_close_matches(str(err["loc"][-1]), valid, n=1, cutoff=0.5)
+            hint = f"did you mean '{section}.{close[0]}'?" if close else (
+                "valid options: " + ", ".join(valid) if valid else "this choice takes no options"
+            )
+            raise OptionsError(LmtuneError(f"unknown key '{key}'", hint=hint)) from None
+        msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+        raise OptionsError(LmtuneError(f"invalid value for '{key}': {msg}{got}")) from None
+
+
+class DataConfig(_Strict):
+    """Where the data is and how to read it."""
+
+    train: str | None = Field(default=None, description="Training file (csv, tsv, json, jsonl, parquet).")
+    validation: str | None = Field(default=None, description="Validation file; carved from train if absent.")
+    test: str | None = Field(default=None, description="Test file; carved from train if absent.")
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = Field(
+        default="auto", description="File format; 'auto' goes by the file extension."
+    )
+    text_column: str | None = Field(default=None, description="Text column; found by common names if unset.")
+    text_pair_column: str | None = Field(default=None, description="Second text column for sentence pairs.")
+    label_column: str | None = Field(default=None, description="Label column; found by common names if unset.")
+    labels: list[str] | None = Field(default=None, description="Label list and order; taken from train if unset.")
+    label_delimiter: str | None = Field(
+        default=None, description="Split label strings on this for multi-label data, e.g. '|'."
+    )
+    max_length: int = Field(default=256, ge=8, le=32768, description="Truncate inputs to this many tokens.")
+    validation_split: float = Field(default=0.1, gt=0, lt=0.5, description="Share of train held out.")
+    test_split: float = Field(default=0.1, gt=0, lt=0.5, description="Share of train held out for test.")
+    drop_duplicates: bool = Field(default=False, description="Drop exact duplicate rows from train.")
+
+
+class TrainConfig(_Strict):
+    """Optimisation and schedule. `None` means: the method's or task's sound default."""
+
+    epochs: float = Field(default=3, gt=0, description="Passes over the training data.")
+    max_steps: int | None = Field(default=None, gt=0, description="Stop after this many steps (overrides epochs).")
+    batch_size: int = Field(default=16, ge=1, description="Per-device training batch size.")
+    eval_batch_size: int | None = Field(default=None, ge=1, description="Evaluation batch size (default 2x).")
+    learning_rate: float | None = Field(default=None, gt=0, description="Peak learning rate; per-method default.")
+    optimizer: Literal["adamw", "sgd", "adafactor"] = "adamw"
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(default=0.01, ge=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0, description="Gradient clipping; null disables.")
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    dropout: float | None = Field(default=None, ge=0, lt=1, description="Override the model's dropout rates.")
+    seed: int = 42
+    early_stopping_patience: int | None = Field(
+        default=2, ge=1, description="Evaluations without improvement before stopping; null disables."
+    )
+    metric_for_best_model: str | None = Field(default=None, description="Metric that picks the best checkpoint.")
+    eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
+    eval_steps: int | None = Field(default=None, gt=0)
+    save_strategy: Literal["epoch", "steps", "no"] = "epoch"
+    save_steps: int | None = Field(default=None, gt=0)
+    save_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept (best and newest never dropped).")
+    keep_checkpoints: bool = Field(default=False, description="Keep checkpoint-*/ after a successful run.")
+    logging_steps: int = Field(default=10, ge=1)
+    num_workers: int = Field(default=0, ge=0, description="Data-loader worker processes.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="auto: bf16 on GPUs that have it, fp32 on CPU."
+    )
+    group_by_length: bool = Field(default=True, description="Batch similar lengths together (less padding).")
+    gradient_checkpointing: bool = False
+    torch_compile: bool = False
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="tensorboard, mlflow, wandb.")
+
+    @model_validator(mode="after")
+    def _check_strategies(self) -> TrainConfig:
+        if self.eval_strategy == "steps" and self.eval_steps is None:
+            raise ValueError("eval_strategy 'steps' needs eval_steps")
+        if self.save_strategy == "steps" and self.save_steps is None:
+            raise ValueError("save_strategy 'steps' needs save_steps")
+        return self
+
+
+class RunConfig(_Strict):
+    """Everything one fine-tuning run needs."""
+
+    model: ModelConfig
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output_dir: str = Field(default="runs/run", description="Run directory.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_shorthands(cls, raw: Any) -> Any:
+        return normalise(raw) if isinstance(raw, dict) else raw
+
+    @field_validator("output_dir")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("output_dir must not be empty")
+        return value
+
+    # ---- construction ---------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, source: str = "config") -> RunConfig:
+        """Build and validate; any problem becomes one `LmtuneError` line."""
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise config_error(exc, source) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+        return cls.from_dict(apply_overrides(load_yaml(path), overrides or []), source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+# ---- helpers ---------------------------------------------------------------------------
+_SHORTHANDS = {"model": "name", "task": "type", "method": "name"}
+
+
+def normalise(raw: dict[str, Any]) -> dict[str, Any]:
+    """Expand `model: NAME`, `task: TYPE`, `method: NAME` into their mapping form."""
+    out = dict(raw)
+    for section, key in _SHORTHANDS.items():
+        if isinstance(out.get(section), str):
+            out[section] = {key: out[section]}
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise LmtuneError(f"config file not found: {path}", hint="check the path")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f", line {mark.line + 1}" if mark is not None else ""
+        raise LmtuneError(f"{path}{at}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except UnicodeDecodeError:
+        raise LmtuneError(f"{path}: not UTF-8 text", hint="save the config as UTF-8") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise LmtuneError(f"{path}: the config must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse `dotted.key=value`; the value is read as YAML (numbers, booleans, lists)."""
+    if "=" not in item:
+        raise LmtuneError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=3")
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise LmtuneError(f"--set {item!r}: empty key", hint="use dotted keys such as train.learning_rate=5e-4")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--set` overrides to a raw config mapping (returns a new mapping)."""
+    out = normalise(copy.deepcopy(raw))
+    for item in overrides:
+        parts, value = parse_override(item)
+        set_dotted(out, parts, value)
+    return out
+
+
+def set_dotted(raw: dict[str, Any], parts: list[str], value: Any) -> None:
+    """Set `raw[a][b][c] = value`; changing a method/task name drops the old one's options."""
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if isinstance(child, str) and part in _SHORTHANDS:
+            child = {_SHORTHANDS[part]: child}
+        if not isinstance(child, dict):
+            child = {}
+        node[part] = child
+        node = child
+    last = parts[-1]
+    if len(parts) == 2 and _SHORTHANDS.get(parts[0]) == last and node.get(last) not in (None, value):
+        node.clear()
+    node[last] = value
+
+
+def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Valid field names at a location of the schema (for 'did you mean')."""
+    model: Any = RunConfig
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        model = field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return list(model.model_fields)
+
+
+def config_error(exc: ValidationError, source: str) -> LmtuneError:
+    """Turn a pydantic error into one line naming the key, the problem and a fix."""
+    err = exc.errors()[0]
+    loc = tuple(err.get("loc", ()))
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    if err["type"] == "extra_forbidden":
+        candidates = _valid_keys(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), candidates, n=1, cutoff=0.5)
+        hint = f"did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else None
+        if not hint and candidates:
+            hint = "valid keys: " + ", ".join(candidates)
+        return LmtuneError(f"{source}: unknown key '{dotted}'{more}", hint=hint)
+    if err["type"] == "missing":
+        return LmtuneError(f"{source}: missing required key '{dotted}'{more}")
+    ctx_err = (err.get("ctx") or {}).get("error")
+    if isinstance(ctx_err, OptionsError):
+        return LmtuneError(f"{source}: {ctx_err.error.message}{more}", hint=ctx_err.error.hint)
+    msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+    value = err.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict | list) and "input" in err else ""
+    return LmtuneError(f"{source}: invalid value for '{dotted}': {msg}{shown}{more}")

@@ -1,0 +1,1 @@
+"""Reading, checking and splitting the user's data."""

@@ -1,0 +1,1 @@
+"""Reports, plots and model cards built from a run's results."""

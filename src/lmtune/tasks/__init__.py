@@ -1,0 +1,18 @@
+"""Task registry: one file per task, one line here per task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmtune.registry import Registry
+
+TASKS = Registry(
+    "task",
+    {
+        "classification": "lmtune.tasks.classification:ClassificationTask",
+    },
+)
+
+
+def get_task_class(name: str) -> Any:
+    return TASKS.get(name)

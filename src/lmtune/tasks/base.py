@@ -1,0 +1,143 @@
+"""The task interface, and the inference loop every task shares.
+
+A task knows its data (columns, labels, checks), its model head, how to tokenize and
+collate, its metrics, how to turn model outputs into predictions, and what its report
+shows. The run orchestration in `lmtune.run` is the same for every task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from torch import nn
+
+    from lmtune.config import RunConfig
+
+
+class NoTaskOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class PreparedData:
+    """Validated splits (raw, untokenized), the label list, and what the checks found."""
+
+    splits: dict[str, Dataset]
+    labels: list[str] | None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalResult:
+    """Scalar metrics for metrics.json plus details (per-class tables, matrices) for reports."""
+
+    metrics: dict[str, Any]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Task:
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Options: ClassVar[type[BaseModel]] = NoTaskOptions
+    peft_task_type: ClassVar[str | None] = None
+    # Parameter-name parts that make up the task head (kept trainable by freeze/bitfit/...).
+    head_names: ClassVar[tuple[str, ...]] = ()
+    # Head modules peft must train and save beside the adapter (`modules_to_save`).
+    peft_head_names: ClassVar[tuple[str, ...]] = ()
+    default_metric: ClassVar[str] = "loss"
+    greater_is_better: ClassVar[bool] = True
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.options = cfg.task.options
+        self.labels: list[str] | None = cfg.data.labels
+
+    # data ---------------------------------------------------------------------------------
+    def prepare_data(self) -> PreparedData:
+        raise NotImplementedError
+
+    def read_labelled(self, path: str) -> Dataset:
+        """A labelled file for `lmtune eval`, checked against the run's labels."""
+        raise NotImplementedError
+
+    def read_inputs(self, path: str) -> list[dict[str, Any]]:
+        """Inputs for `lmtune predict` (labels not required)."""
+        raise NotImplementedError
+
+    def inputs_from_texts(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        return [{"text": t} for t in texts]
+
+    # model --------------------------------------------------------------------------------
+    def build_model(self, path: str, *, fresh_head: bool) -> nn.Module:
+        raise NotImplementedError
+
+    def tokenize(self, dataset: Dataset, tokenizer: Any) -> Dataset:
+        raise NotImplementedError
+
+    def collator(self, tokenizer: Any) -> Any:
+        raise NotImplementedError
+
+    # metrics and predictions ---------------------------------------------------------------
+    def trainer_metrics(self) -> Any:
+        """`compute_metrics` for the Trainer's per-epoch evaluation (scalars only)."""
+        return None
+
+    def evaluate(self, model: nn.Module, tokenizer: Any, dataset: Dataset, batch_size: int) -> EvalResult:
+        raise NotImplementedError
+
+    def predict(
+        self, model: nn.Module, tokenizer: Any, inputs: list[dict[str, Any]], batch_size: int
+    ) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def report_sections(self, results: dict[str, EvalResult], run_dir: Path) -> list[str]:
+        """Markdown sections (and plots written into run_dir) for report.md."""
+        return []
+
+
+# ---- shared inference machinery ----------------------------------------------------------------
+def model_device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device_type=device.type, dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def length_sorted_batches(
+    features: Sequence[dict[str, Any]], collator: Any, batch_size: int, key: str = "input_ids"
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """Batches of similar length (little padding); yields original indices with each batch."""
+    order = sorted(range(len(features)), key=lambda i: len(features[i][key]), reverse=True)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        yield index, collator([features[i] for i in index])
+
+
+def resolve_precision(precision: str, device: torch.device | None = None) -> str:
+    """auto: bf16 on GPUs that support it, fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    device = device or (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")

@@ -1,0 +1,1 @@
+"""Training on Hugging Face Trainer with lmtune's defaults and callbacks."""

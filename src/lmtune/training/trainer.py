@@ -1,0 +1,102 @@
+"""Build a Hugging Face Trainer from a RunConfig.
+
+Trainer brings checkpoint/resume, callbacks, trackers and Accelerate (DDP/FSDP/DeepSpeed).
+What made the usual Trainer setup slow is random batches padded to their longest member:
+we always tokenize without padding, precompute lengths, group batches by length for both
+training and evaluation, and pad per batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lmtune.config import RunConfig
+from lmtune.tasks.base import resolve_precision
+
+OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd", "adafactor": "adafactor"}
+
+
+def training_arguments(cfg: RunConfig, output_dir: Path, metric: str, greater_is_better: bool) -> Any:
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    precision = resolve_precision(t.precision)
+    evaluating = t.eval_strategy != "no"
+    # Picking the best checkpoint needs a checkpoint at every evaluation.
+    load_best = evaluating and t.save_strategy == t.eval_strategy and (
+        t.eval_strategy != "steps" or t.save_steps == t.eval_steps
+    )
+    # TensorBoard is attached by `build_trainer` so its logs land in OUTPUT_DIR/tensorboard.
+    report_to = [r for r in t.report_to if r not in ("none", "tensorboard")] or "none"
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size or t.batch_size * 2,
+        learning_rate=t.learning_rate,
+        optim=OPTIMIZERS[t.optimizer],
+        lr_scheduler_type=t.scheduler if t.scheduler != "constant" or t.warmup_ratio == 0 else "constant_with_warmup",
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float below 1 is a ratio of total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm if t.max_grad_norm is not None else 0.0,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        seed=t.seed,
+        data_seed=t.seed,
+        eval_strategy=t.eval_strategy,
+        eval_steps=t.eval_steps,
+        save_strategy=t.save_strategy,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=load_best,
+        metric_for_best_model=metric if load_best else None,
+        greater_is_better=greater_is_better,
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        report_to=report_to,
+        dataloader_num_workers=t.num_workers,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        # Our datasets hold only model inputs plus `length`, which the sampler reads.
+        remove_unused_columns=False,
+        gradient_checkpointing=t.gradient_checkpointing,
+        torch_compile=t.torch_compile,
+        disable_tqdm=False,
+    )
+
+
+def build_trainer(
+    cfg: RunConfig,
+    output_dir: Path,
+    model: Any,
+    tokenizer: Any,
+    task: Any,
+    train_dataset: Any,
+    eval_dataset: Any,
+    extra_callbacks: list[Any],
+) -> Any:
+    from transformers import EarlyStoppingCallback, Trainer
+
+    metric = cfg.train.metric_for_best_model or task.default_metric
+    greater = task.greater_is_better if metric == task.default_metric else not metric.endswith("loss")
+    args = training_arguments(cfg, output_dir, metric, greater)
+    callbacks = list(extra_callbacks)
+    if "tensorboard" in cfg.train.report_to:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(output_dir / "tensorboard"))))
+    if args.load_best_model_at_end and cfg.train.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset if args.eval_strategy != "no" else None,
+        data_collator=task.collator(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=task.trainer_metrics(),
+        callbacks=callbacks,
+    )
