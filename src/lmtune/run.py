@@ -146,10 +146,10 @@ def train(cfg: RunConfig, *, overwrite: bool = False) -> Run:
     set_seed(cfg.train.seed)
     task_cls = get_task_class(cfg.task.type)
     method_cls = get_method_class(cfg.method.name)
+    model_ref = resolve_model(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
     task = task_cls(cfg)
     data = task.prepare_data()
     resolved = _resolve(cfg, task, method_cls)
-    model_ref = resolve_model(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
 
     out.mkdir(parents=True, exist_ok=True)
     _write_state(out, cfg, "running")
