@@ -140,7 +140,10 @@ def models() -> None:
     """The models lmtune can load here (packaged ones need no network)."""
     from lmtune.models import list_models
 
-    table = RichTable("name", "hub id", "kind", "status", "description", title="Packaged models")
+    table = RichTable(title="Packaged models")
+    table.add_column("name", no_wrap=True, min_width=21)
+    for column in ("hub id", "kind", "status", "description"):
+        table.add_column(column)
     for row in list_models():
         table.add_row(row["name"], row["hub_id"], row["architecture"], row["status"], row["description"])
     console.print(table)
@@ -152,7 +155,10 @@ def methods() -> None:
     """Fine-tuning methods with their options."""
     from lmtune.methods import METHODS
 
-    table = RichTable("name", "description", "options (default)", "default lr", title="Methods")
+    table = RichTable(title="Methods")
+    table.add_column("name", no_wrap=True, min_width=16)
+    for column in ("description", "options (default)", "default lr"):
+        table.add_column(column)
     for name in METHODS.names():
         cls = METHODS.get(name)
         options = ", ".join(f"{k}={f.default!r}" for k, f in cls.Options.model_fields.items()) or "-"
@@ -165,7 +171,10 @@ def tasks() -> None:
     """Tasks with their options."""
     from lmtune.tasks import TASKS
 
-    table = RichTable("name", "description", "options (default)", title="Tasks")
+    table = RichTable(title="Tasks")
+    table.add_column("name", no_wrap=True, min_width=20)
+    for column in ("description", "options (default)"):
+        table.add_column(column)
     for name in TASKS.names():
         cls = TASKS.get(name)
         options = ", ".join(f"{k}={f.default!r}" for k, f in cls.Options.model_fields.items()) or "-"

@@ -131,6 +131,9 @@ class DataConfig(_Strict):
     validation_split: float = Field(default=0.1, gt=0, lt=0.5, description="Share of train held out.")
     test_split: float = Field(default=0.1, gt=0, lt=0.5, description="Share of train held out for test.")
     drop_duplicates: bool = Field(default=False, description="Drop exact duplicate rows from train.")
+    max_train_samples: int | None = Field(
+        default=None, ge=1, description="Train on a seeded random subset of this size (quick experiments)."
+    )
 
 
 class TrainConfig(_Strict):

@@ -102,3 +102,9 @@ def count_overlap(a: Sequence[str], b: Sequence[str]) -> int:
     """How many items of b also occur in a (exact text match after stripping)."""
     seen = set(a)
     return sum(1 for t in b if t in seen)
+
+
+def sample(items: Sequence[Any], k: int, seed: int) -> list[Any]:
+    """A seeded random subset of k items, in their original order."""
+    chosen = sorted(random.Random(seed).sample(range(len(items)), k))
+    return [items[i] for i in chosen]

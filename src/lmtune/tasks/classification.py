@@ -177,6 +177,8 @@ class ClassificationTask(Task):
                 splits[split] = [train[i] for i in held]
                 train = [train[i] for i in keep]
                 carved.append(split)
+        if d.max_train_samples is not None and d.max_train_samples < len(train):
+            train = checks.sample(train, d.max_train_samples, seed)
         splits["train"] = train
         report = self._data_report(splits, train_info, carved)
         datasets = {name: self._to_dataset(records) for name, records in splits.items()}

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lmtune.config import RunConfig
 from lmtune.tasks.base import resolve_precision
 
@@ -61,7 +63,8 @@ def training_arguments(cfg: RunConfig, output_dir: Path, metric: str, greater_is
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         # Our datasets hold only model inputs plus `length`, which the sampler reads.
         remove_unused_columns=False,
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,
+        dataloader_pin_memory=torch.cuda.is_available(),
         torch_compile=t.torch_compile,
         disable_tqdm=False,
     )

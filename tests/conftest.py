@@ -1,0 +1,88 @@
+"""Shared fixtures: offline settings, the packaged MiniLM, tiny models and tiny data sets."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+POSITIVE = ["great", "excellent", "wonderful", "fantastic", "lovely", "superb", "brilliant", "delightful"]
+NEGATIVE = ["awful", "terrible", "horrible", "dreadful", "bad", "poor", "disappointing", "boring"]
+SUBJECTS = ["the film", "this phone", "the hotel", "our meal", "the service", "this book", "the app", "the show"]
+
+
+def separable_rows(n: int, seed: int) -> list[dict[str, str]]:
+    """Short reviews whose label a single word decides: learnable in a few dozen steps."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "positive" if i % 2 == 0 else "negative"
+        word = rng.choice(POSITIVE if label == "positive" else NEGATIVE)
+        rows.append({"text": f"{rng.choice(SUBJECTS)} was {word}", "label": label})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def sentiment_files(tmp_path: Path) -> dict[str, Path]:
+    """train/dev/test CSVs of a tiny separable sentiment task."""
+    return {
+        "train": write_csv(tmp_path / "train.csv", separable_rows(64, 1)),
+        "validation": write_csv(tmp_path / "dev.csv", separable_rows(16, 2)),
+        "test": write_csv(tmp_path / "test.csv", separable_rows(16, 3)),
+    }
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    from lmtune.models import resolve_model
+
+    return resolve_model("all-MiniLM-L6-v2").path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) -> str:
+    """A 2-layer, 32-wide BERT with the MiniLM tokenizer: real code paths, instant training."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(minilm_path).save_pretrained(directory)
+    return str(directory)
+
+
+def fast_config(model: str, files: dict[str, Path], output_dir: Path, **sections: dict) -> dict:
+    """A run config sized for tests: short sequences, few epochs, no TensorBoard."""
+    cfg = {
+        "model": model,
+        "task": "classification",
+        "method": "lora",
+        "data": {"train": str(files["train"]), "validation": str(files["validation"]),
+                 "test": str(files["test"]), "max_length": 32},
+        "train": {"epochs": 3, "batch_size": 8, "report_to": ["none"], "logging_steps": 2},
+        "output_dir": str(output_dir),
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg

@@ -1,0 +1,66 @@
+"""Every method on the packaged MiniLM: the promised parameters train, the loss falls, and a
+reloaded run predicts exactly what the trained one did."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import lmtune
+from lmtune.config import RunConfig
+from lmtune.methods import METHODS
+from tests.conftest import fast_config
+
+HIDDEN, LAYERS, LABELS = 384, 6, 2
+
+
+def expected_trainable(method: str, model: torch.nn.Module) -> int | None:
+    """What each method promises to train on BertForSequenceClassification (2 labels)."""
+    head = HIDDEN * LABELS + LABELS
+    pooler = HIDDEN * HIDDEN + HIDDEN
+    if method == "lora":  # r=8 on query and value of 6 layers, plus the classifier head
+        return LAYERS * 2 * 8 * (HIDDEN + HIDDEN) + head
+    if method == "bitfit":  # every bias, plus pooler and classifier weights
+        biases = sum(p.numel() for n, p in model.named_parameters() if n.endswith(".bias"))
+        return biases + HIDDEN * HIDDEN + HIDDEN * LABELS
+    if method == "freeze":  # top 2 of 6 layers, pooler and classifier
+        layer = sum(p.numel() for p in model.bert.encoder.layer[0].parameters())
+        return 2 * layer + pooler + head
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS.names())
+def test_method_trains_and_reloads(method, minilm_path, sentiment_files, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    cfg = RunConfig.from_dict(
+        fast_config("all-MiniLM-L6-v2", sentiment_files, tmp_path / method, method={"name": method})
+    )
+    run = lmtune.train(cfg)
+    stats = run.metrics["train"]
+
+    reference = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=LABELS)
+    want = expected_trainable(method, reference)
+    if method == "full":
+        assert stats["trainable_params"] == stats["total_params"]
+    else:
+        assert stats["trainable_params"] == want
+        assert stats["trainable_params"] < stats["total_params"] / 5
+
+    log = [json.loads(line) for line in (run.directory / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert len(losses) >= 3
+    assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+    assert run.metrics["test"]["accuracy"] >= 0.75
+
+    texts = ["the hotel was wonderful", "this book was dreadful", "our meal was fine I guess"]
+    before = run.predict(texts)
+    reloaded = lmtune.load_run(run.directory)
+    after = reloaded.predict(texts)
+    for a, b in zip(before, after, strict=True):
+        assert a["label"] == b["label"]
+        np.testing.assert_allclose(list(a["scores"].values()), list(b["scores"].values()), atol=1e-5)

@@ -1,0 +1,66 @@
+"""Model resolution: local directories, packaged models (by name and hub id), clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmtune.errors import LmtuneError
+from lmtune.models import PACKAGED_MODELS, list_models, resolve_model
+
+
+def test_packaged_by_name_and_hub_id():
+    by_name = resolve_model("all-MiniLM-L6-v2")
+    by_hub = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
+    assert by_name.source == by_hub.source == "packaged"
+    assert by_name.path == by_hub.path
+    assert (Path(by_name.path) / "model.safetensors").exists()
+
+
+def test_local_directory(tiny_bert):
+    resolved = resolve_model(tiny_bert)
+    assert resolved.source == "local" and Path(resolved.path) == Path(tiny_bert).resolve()
+
+
+def test_directory_without_config_is_rejected(tmp_path):
+    with pytest.raises(LmtuneError, match="has no config.json"):
+        resolve_model(str(tmp_path))
+
+
+def test_missing_local_path_names_the_path():
+    with pytest.raises(LmtuneError, match="model directory not found: ./models/mine"):
+        resolve_model("./models/mine")
+
+
+def test_unknown_hub_model_offline_lists_packaged_models():
+    with pytest.raises(LmtuneError) as info:
+        resolve_model("some-org/not-a-real-model-xyz")
+    message = str(info.value)
+    assert "cannot load model 'some-org/not-a-real-model-xyz'" in message
+    assert "all-MiniLM-L6-v2" in message  # the offline alternatives are named, nothing is substituted
+
+
+def test_list_models_marks_packaged():
+    rows = {row["name"]: row for row in list_models()}
+    assert set(rows) == {m.name for m in PACKAGED_MODELS}
+    assert rows["all-MiniLM-L6-v2"]["status"].startswith("packaged, installed")
+
+
+@pytest.mark.slow
+def test_gguf_model_is_converted_once_to_safetensors(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmtune import models
+
+    cache = Path(models.cache_dir())  # the shared user cache: conversion is paid once per machine
+    first = resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+    target = Path(first.path)
+    assert target.is_relative_to(cache) and (target / "model.safetensors").exists()
+    stamp = (target / "model.safetensors").stat().st_mtime_ns
+    assert Path(resolve_model("SmolLM2-135M-Instruct").path) == target
+    assert (target / "model.safetensors").stat().st_mtime_ns == stamp  # not converted again
+    model = AutoModelForCausalLM.from_pretrained(target)
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
+    assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"

@@ -1,0 +1,114 @@
+"""The run directory contract: contents, collisions, resume, loading with plain libraries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import lmtune
+from lmtune.config import RunConfig
+from lmtune.errors import LmtuneError
+from tests.conftest import fast_config
+
+
+def tiny_config(tiny_bert, files, out, **sections):
+    sections.setdefault("train", {"epochs": 2, "learning_rate": 1e-3})
+    return RunConfig.from_dict(fast_config(tiny_bert, files, out, **sections))
+
+
+def test_run_directory_contents(tiny_bert, sentiment_files, tmp_path):
+    out = tmp_path / "run"
+    run = lmtune.train(tiny_config(tiny_bert, sentiment_files, out))
+    for name in ("config.yaml", "run.json", "metrics.json", "report.md", "README.md", "train_log.jsonl",
+                 "confusion_matrix_test.png", "model/adapter_model.safetensors", "model/adapter_config.json",
+                 "model/tokenizer.json", "model/lmtune.json"):
+        assert (out / name).exists(), name
+    assert not list(out.glob("checkpoint-*")), "checkpoints are removed after a successful run"
+    assert not list(out.rglob("*.tmp")), "no temporary files left behind"
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy", "f1_macro", "f1_micro", "precision_macro", "recall_macro"):
+        assert 0.0 <= metrics["test"][key] <= 1.0 and key in metrics["validation"]
+    for key in ("runtime_s", "samples_per_second", "peak_rss_mb", "trainable_params", "total_params"):
+        assert metrics["train"][key] > 0
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+    resolved = RunConfig.from_yaml(out / "config.yaml")
+    assert resolved.data.labels == ["negative", "positive"]
+    assert resolved.train.learning_rate == 1e-3
+    assert resolved.data.text_column == "text" and resolved.data.label_column == "label"
+    assert "| accuracy |" in (out / "report.md").read_text()
+    assert (out / "confusion_matrix_test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run.metrics["details"]["test"]["confusion_matrix"]
+
+
+def test_output_dir_collisions(tiny_bert, sentiment_files, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_bert, sentiment_files, out)
+    lmtune.train(cfg)
+    stamp = (out / "metrics.json").stat().st_mtime_ns
+    again = lmtune.train(cfg)  # same config, finished: nothing is retrained
+    assert (out / "metrics.json").stat().st_mtime_ns == stamp
+    assert again.metrics["test"] == json.loads((out / "metrics.json").read_text())["test"]
+
+    different = tiny_config(tiny_bert, sentiment_files, out, train={"epochs": 1, "learning_rate": 1e-3})
+    with pytest.raises(LmtuneError, match=r"holds a different run \(train.epochs: 2.0 -> 1.0\)"):
+        lmtune.train(different)
+    lmtune.train(different, overwrite=True)
+    assert json.loads((out / "metrics.json").read_text())["train"]["epochs_completed"] == 1.0
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("precious")
+    with pytest.raises(LmtuneError, match="not an lmtune run"):
+        lmtune.train(tiny_config(tiny_bert, sentiment_files, foreign), overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "precious"
+
+
+def test_resume_from_last_checkpoint(tiny_bert, sentiment_files, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_bert, sentiment_files, out,
+                      train={"epochs": 2, "learning_rate": 1e-3, "keep_checkpoints": True})
+    lmtune.train(cfg)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-8"]
+    # Make it look like a run killed after the first epoch's checkpoint.
+    state = json.loads((out / "run.json").read_text())
+    state["status"] = "running"
+    (out / "run.json").write_text(json.dumps(state))
+    for path in out.glob("checkpoint-16"):
+        import shutil
+
+        shutil.rmtree(path)
+    resumed = lmtune.train(cfg)
+    assert resumed.metrics["train"]["resumed_from"] == "checkpoint-8"
+    assert resumed.metrics["train"]["steps"] == 16
+
+
+def test_unfinished_run_does_not_load(tiny_bert, sentiment_files, tmp_path):
+    with pytest.raises(LmtuneError, match="not an lmtune run"):
+        lmtune.load_run(tmp_path)
+
+
+@pytest.mark.slow
+def test_adapter_and_full_model_load_with_plain_libraries(minilm_path, sentiment_files, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    texts = ["the show was superb", "the app was boring"]
+    for method in ("lora", "bitfit"):
+        out = tmp_path / method
+        cfg = RunConfig.from_dict(fast_config("all-MiniLM-L6-v2", sentiment_files, out,
+                                              method=method, train={"epochs": 1}))
+        run = lmtune.train(cfg)
+        ours = torch.tensor([[row["scores"][k] for k in ("negative", "positive")] for row in run.predict(texts)])
+        tokenizer = AutoTokenizer.from_pretrained(out / "model")
+        if method == "lora":
+            base = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2)
+            model = PeftModel.from_pretrained(base, out / "model")
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(out / "model")
+            assert model.config.id2label == {0: "negative", 1: "positive"}
+        model.eval()
+        with torch.no_grad():
+            probs = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits.softmax(-1)
+        torch.testing.assert_close(probs, ours, atol=1e-4, rtol=1e-4)
