@@ -15,7 +15,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 POSITIVE = ["great", "excellent", "wonderful", "fantastic", "lovely", "superb", "brilliant", "delightful"]
 NEGATIVE = ["awful", "terrible", "horrible", "dreadful", "bad", "poor", "disappointing", "boring"]
-SUBJECTS = ["the film", "this phone", "the hotel", "our meal", "the service", "this book", "the app", "the show"]
+SUBJECTS = [
+    "the film",
+    "this phone",
+    "the hotel",
+    "our meal",
+    "the service",
+    "this book",
+    "the app",
+    "the show",
+]
 
 
 def separable_rows(n: int, seed: int) -> list[dict[str, str]]:
@@ -62,8 +71,14 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory, minilm_path: str) -> str
 
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(directory)
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(directory)
     return str(directory)
@@ -75,8 +90,12 @@ def fast_config(model: str, files: dict[str, Path], output_dir: Path, **sections
         "model": model,
         "task": "classification",
         "method": "lora",
-        "data": {"train": str(files["train"]), "validation": str(files["validation"]),
-                 "test": str(files["test"]), "max_length": 32},
+        "data": {
+            "train": str(files["train"]),
+            "validation": str(files["validation"]),
+            "test": str(files["test"]),
+            "max_length": 32,
+        },
         "train": {"epochs": 3, "batch_size": 8, "report_to": ["none"], "logging_steps": 2},
         "output_dir": str(output_dir),
     }

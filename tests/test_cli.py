@@ -10,7 +10,9 @@ import pytest
 from lmtune import cli
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+def run_cli(
+    args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str, str]:
     monkeypatch.setattr(sys, "argv", ["lmtune", *args])
     code = 0
     try:
@@ -25,24 +27,58 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.
 def test_train_eval_predict_from_flags(sentiment_files, tmp_path, capsys, monkeypatch):
     out = tmp_path / "rt"
     code, stdout, stderr = run_cli(
-        ["train", "--model", "all-MiniLM-L6-v2", "--task", "classification", "--method", "lora",
-         "--train", str(sentiment_files["train"]), "--validation", str(sentiment_files["validation"]),
-         "--test", str(sentiment_files["test"]), "--output-dir", str(out),
-         "--set", "train.epochs=3", "--set", "train.learning_rate=3e-3", "--set", "data.max_length=32",
-         "--set", "train.report_to=[none]"],
-        capsys, monkeypatch,
+        [
+            "train",
+            "--model",
+            "all-MiniLM-L6-v2",
+            "--task",
+            "classification",
+            "--method",
+            "lora",
+            "--train",
+            str(sentiment_files["train"]),
+            "--validation",
+            str(sentiment_files["validation"]),
+            "--test",
+            str(sentiment_files["test"]),
+            "--output-dir",
+            str(out),
+            "--set",
+            "train.epochs=3",
+            "--set",
+            "train.learning_rate=3e-3",
+            "--set",
+            "data.max_length=32",
+            "--set",
+            "train.report_to=[none]",
+        ],
+        capsys,
+        monkeypatch,
     )
     assert code == 0, stderr
     assert "accuracy" in stdout and (out / "model" / "adapter_model.safetensors").exists()
 
-    code, stdout, stderr = run_cli(["eval", str(out), "--data", str(sentiment_files["test"]),
-                                    "--output", str(tmp_path / "m.json")], capsys, monkeypatch)
+    code, stdout, stderr = run_cli(
+        ["eval", str(out), "--data", str(sentiment_files["test"]), "--output", str(tmp_path / "m.json")],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, stderr
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["accuracy"] == json.loads((out / "metrics.json").read_text())["test"]["accuracy"]
 
-    code, _, stderr = run_cli(["predict", str(out), "--input", str(sentiment_files["test"]),
-                               "--output", str(tmp_path / "preds.jsonl")], capsys, monkeypatch)
+    code, _, stderr = run_cli(
+        [
+            "predict",
+            str(out),
+            "--input",
+            str(sentiment_files["test"]),
+            "--output",
+            str(tmp_path / "preds.jsonl"),
+        ],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, stderr
     rows = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and set(rows[0]) == {"text", "label", "scores"}
@@ -62,7 +98,9 @@ def test_train_from_yaml_with_overrides(tiny_bert, sentiment_files, tmp_path, ca
         f"data: {{train: {sentiment_files['train']}, test: {sentiment_files['test']}, max_length: 32}}\n"
         f"train: {{epochs: 1, report_to: [none]}}\noutput_dir: {tmp_path / 'y'}\n"
     )
-    code, _, stderr = run_cli(["train", str(config), "--epochs", "2", "--set", "method.r=2"], capsys, monkeypatch)
+    code, _, stderr = run_cli(
+        ["train", str(config), "--epochs", "2", "--set", "method.r=2"], capsys, monkeypatch
+    )
     assert code == 0, stderr
     saved = (tmp_path / "y" / "config.yaml").read_text()
     assert "epochs: 2.0" in saved and "r: 2" in saved
@@ -71,12 +109,21 @@ def test_train_from_yaml_with_overrides(tiny_bert, sentiment_files, tmp_path, ca
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "--model", "all-MiniLM-L6-v2", "--train", "missing.csv"], "data file not found: missing.csv"),
+        (
+            ["train", "--model", "all-MiniLM-L6-v2", "--train", "missing.csv"],
+            "data file not found: missing.csv",
+        ),
         (["train", "--train", "x.csv"], "no model given"),
         (["train", "--model", "no-such-model", "--train", "x.csv"], "cannot load model 'no-such-model'"),
         (["train", "--model", "all-MiniLM-L6-v2", "--method", "lorra"], "did you mean 'lora'"),
-        (["train", "--model", "all-MiniLM-L6-v2", "--task", "clasification"], "did you mean 'classification'"),
-        (["train", "--model", "all-MiniLM-L6-v2", "--set", "train.learnin_rate=1"], "did you mean 'train.learning_rate'"),
+        (
+            ["train", "--model", "all-MiniLM-L6-v2", "--task", "clasification"],
+            "did you mean 'classification'",
+        ),
+        (
+            ["train", "--model", "all-MiniLM-L6-v2", "--set", "train.learnin_rate=1"],
+            "did you mean 'train.learning_rate'",
+        ),
         (["train", "--model", "all-MiniLM-L6-v2", "--epochs", "-1"], "train.epochs"),
         (["train", "--model", "all-MiniLM-L6-v2", "--set", "trainepochs"], "expected KEY=VALUE"),
         (["train", "no-such-config.yaml"], "config file not found"),

@@ -124,7 +124,10 @@ def test_overrides_parse_values_as_yaml() -> None:
 def test_parse_override_types() -> None:
     assert parse_override("train.epochs=3") == (["train", "epochs"], 3)
     assert parse_override("train.warmup_ratio=0.1") == (["train", "warmup_ratio"], 0.1)
-    assert parse_override("train.gradient_checkpointing=false") == (["train", "gradient_checkpointing"], False)
+    assert parse_override("train.gradient_checkpointing=false") == (
+        ["train", "gradient_checkpointing"],
+        False,
+    )
     assert parse_override("data.labels=[a, b]") == (["data", "labels"], ["a", "b"])
     assert parse_override("model.name=a=b") == (["model", "name"], "a=b")
     assert parse_override("train.dropout=") == (["train", "dropout"], None)
@@ -178,7 +181,10 @@ def test_setting_same_method_name_keeps_options() -> None:
 
 
 def test_options_set_after_method_change_are_kept() -> None:
-    cfg = build({"model": "m", "method": {"name": "lora", "r": 4}}, ["method.name=freeze", "method.num_trainable_layers=5"])
+    cfg = build(
+        {"model": "m", "method": {"name": "lora", "r": 4}},
+        ["method.name=freeze", "method.num_trainable_layers=5"],
+    )
     assert cfg.method.name == "freeze"
     assert cfg.method.options.num_trainable_layers == 5
     assert "r" not in cfg.to_dict()["method"]
@@ -359,7 +365,9 @@ def test_default_method_options_visible_without_method_section() -> None:
 
 
 def test_given_method_options_override_defaults() -> None:
-    cfg = RunConfig.from_dict({"model": "m", "method": {"name": "lora", "r": 64, "target_modules": ["q", "v"]}})
+    cfg = RunConfig.from_dict(
+        {"model": "m", "method": {"name": "lora", "r": 64, "target_modules": ["q", "v"]}}
+    )
     assert cfg.method.options.r == 64
     assert cfg.method.options.alpha == 16
     assert cfg.to_dict()["method"]["target_modules"] == ["q", "v"]
@@ -372,7 +380,13 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
             "task": {"type": "classification", "multi_label": True, "threshold": 0.3},
             "method": {"name": "freeze", "num_trainable_layers": 3},
             "data": {"train": "t.csv", "labels": ["x", "y"], "label_delimiter": "|", "max_length": 64},
-            "train": {"epochs": 1.5, "learning_rate": 3e-5, "report_to": [], "eval_strategy": "steps", "eval_steps": 7},
+            "train": {
+                "epochs": 1.5,
+                "learning_rate": 3e-5,
+                "report_to": [],
+                "eval_strategy": "steps",
+                "eval_steps": 7,
+            },
             "output_dir": "runs/rt",
         }
     )

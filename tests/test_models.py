@@ -24,12 +24,12 @@ def test_local_directory(tiny_bert):
 
 
 def test_directory_without_config_is_rejected(tmp_path):
-    with pytest.raises(LmtuneError, match="has no config.json"):
+    with pytest.raises(LmtuneError, match=r"has no config\.json"):
         resolve_model(str(tmp_path))
 
 
 def test_missing_local_path_names_the_path():
-    with pytest.raises(LmtuneError, match="model directory not found: ./models/mine"):
+    with pytest.raises(LmtuneError, match=r"model directory not found: \./models/mine"):
         resolve_model("./models/mine")
 
 

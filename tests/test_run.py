@@ -21,9 +21,19 @@ def tiny_config(tiny_bert, files, out, **sections):
 def test_run_directory_contents(tiny_bert, sentiment_files, tmp_path):
     out = tmp_path / "run"
     run = lmtune.train(tiny_config(tiny_bert, sentiment_files, out))
-    for name in ("config.yaml", "run.json", "metrics.json", "report.md", "README.md", "train_log.jsonl",
-                 "confusion_matrix_test.png", "model/adapter_model.safetensors", "model/adapter_config.json",
-                 "model/tokenizer.json", "model/lmtune.json"):
+    for name in (
+        "config.yaml",
+        "run.json",
+        "metrics.json",
+        "report.md",
+        "README.md",
+        "train_log.jsonl",
+        "confusion_matrix_test.png",
+        "model/adapter_model.safetensors",
+        "model/adapter_config.json",
+        "model/tokenizer.json",
+        "model/lmtune.json",
+    ):
         assert (out / name).exists(), name
     assert not list(out.glob("checkpoint-*")), "checkpoints are removed after a successful run"
     assert not list(out.rglob("*.tmp")), "no temporary files left behind"
@@ -67,8 +77,9 @@ def test_output_dir_collisions(tiny_bert, sentiment_files, tmp_path):
 
 def test_resume_from_last_checkpoint(tiny_bert, sentiment_files, tmp_path):
     out = tmp_path / "run"
-    cfg = tiny_config(tiny_bert, sentiment_files, out,
-                      train={"epochs": 2, "learning_rate": 1e-3, "keep_checkpoints": True})
+    cfg = tiny_config(
+        tiny_bert, sentiment_files, out, train={"epochs": 2, "learning_rate": 1e-3, "keep_checkpoints": True}
+    )
     lmtune.train(cfg)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-8"]
     # Make it look like a run killed after the first epoch's checkpoint.
@@ -97,10 +108,13 @@ def test_adapter_and_full_model_load_with_plain_libraries(minilm_path, sentiment
     texts = ["the show was superb", "the app was boring"]
     for method in ("lora", "bitfit"):
         out = tmp_path / method
-        cfg = RunConfig.from_dict(fast_config("all-MiniLM-L6-v2", sentiment_files, out,
-                                              method=method, train={"epochs": 1}))
+        cfg = RunConfig.from_dict(
+            fast_config("all-MiniLM-L6-v2", sentiment_files, out, method=method, train={"epochs": 1})
+        )
         run = lmtune.train(cfg)
-        ours = torch.tensor([[row["scores"][k] for k in ("negative", "positive")] for row in run.predict(texts)])
+        ours = torch.tensor(
+            [[row["scores"][k] for k in ("negative", "positive")] for row in run.predict(texts)]
+        )
         tokenizer = AutoTokenizer.from_pretrained(out / "model")
         if method == "lora":
             base = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2)

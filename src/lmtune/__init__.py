@@ -11,8 +11,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from lmtune.config import RunConfig  # noqa: E402
-from lmtune.errors import LmtuneError  # noqa: E402
+from lmtune.config import RunConfig
+from lmtune.errors import LmtuneError
 
 
 def train(config: RunConfig | dict, *, overwrite: bool = False):  # type: ignore[no-untyped-def]

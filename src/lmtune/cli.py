@@ -45,7 +45,9 @@ def _quiet_libraries() -> None:
 # ---- train ------------------------------------------------------------------------------------
 @app.command()
 def train(
-    config: Annotated[Path | None, typer.Argument(help="YAML run config (optional if flags say enough).")] = None,
+    config: Annotated[
+        Path | None, typer.Argument(help="YAML run config (optional if flags say enough).")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Model: packaged name, local dir or hub id.")] = None,
     task: Annotated[str | None, typer.Option(help="Task type, e.g. classification.")] = None,
     method: Annotated[str | None, typer.Option(help="Method, e.g. lora, full, freeze, bitfit.")] = None,
@@ -54,9 +56,13 @@ def train(
     test: Annotated[str | None, typer.Option(help="Test data file.")] = None,
     output_dir: Annotated[str | None, typer.Option("--output-dir", "-o", help="Run directory.")] = None,
     epochs: Annotated[float | None, typer.Option(help="Sets train.epochs.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any key: --set train.batch_size=32")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override any key: --set train.batch_size=32")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in the output dir.")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue an unfinished run (the default for the same config).")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an unfinished run (the default for the same config).")
+    ] = False,
 ) -> None:
     """Fine-tune a model and write a run directory with model, metrics and report."""
     from lmtune.config import RunConfig, apply_overrides, load_yaml
@@ -64,12 +70,22 @@ def train(
     from lmtune.run import train as run_train
 
     raw: dict[str, Any] = load_yaml(config) if config else {}
-    flags = {"model.name": model, "task.type": task, "method.name": method, "data.train": train_file,
-             "data.validation": validation, "data.test": test, "output_dir": output_dir, "train.epochs": epochs}
+    flags = {
+        "model.name": model,
+        "task.type": task,
+        "method.name": method,
+        "data.train": train_file,
+        "data.validation": validation,
+        "data.test": test,
+        "output_dir": output_dir,
+        "train.epochs": epochs,
+    }
     overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
     raw = apply_overrides(raw, overrides + list(set_ or []))
     if "model" not in raw:
-        raise LmtuneError("no model given", hint="pass --model NAME or set `model:` in the config (see `lmtune models`)")
+        raise LmtuneError(
+            "no model given", hint="pass --model NAME or set `model:` in the config (see `lmtune models`)"
+        )
     cfg = RunConfig.from_dict(raw, source=str(config) if config else "command line")
     if resume and prepare_output_dir(cfg, overwrite=False) != "resume":
         raise LmtuneError(f"nothing to resume in {cfg.output_dir}", hint="drop --resume to start a new run")
@@ -78,7 +94,9 @@ def train(
     run = run_train(cfg, overwrite=overwrite)
     report = run.directory / "report.md"
     if report.exists():
-        text = "\n".join(line for line in report.read_text(encoding="utf-8").splitlines() if not line.startswith("!["))
+        text = "\n".join(
+            line for line in report.read_text(encoding="utf-8").splitlines() if not line.startswith("![")
+        )
         console.print(Markdown(text))
     console.print(f"\nrun directory: [bold]{run.directory}[/bold] (report.md, metrics.json, model/)")
 
@@ -110,7 +128,9 @@ def eval_(
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
-    input_file: Annotated[str | None, typer.Option("--input", "-i", help="File of inputs (csv/tsv/json/jsonl).")] = None,
+    input_file: Annotated[
+        str | None, typer.Option("--input", "-i", help="File of inputs (csv/tsv/json/jsonl).")
+    ] = None,
     text: Annotated[list[str] | None, typer.Option(help="Text to predict (repeatable).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="JSONL file to write.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Inference batch size.")] = None,
@@ -125,7 +145,9 @@ def predict(
         raise LmtuneError("give either --input or --text, not both")
     _quiet_libraries()
     run = load_run(run_dir)
-    rows = run.predict_file(input_file, batch_size) if input_file else run.predict(list(text or []), batch_size)
+    rows = (
+        run.predict_file(input_file, batch_size) if input_file else run.predict(list(text or []), batch_size)
+    )
     if output:
         write_jsonl(output, rows)
         err_console.print(f"{len(rows)} predictions written to {output}")

@@ -56,7 +56,9 @@ class TaskConfig(_Registered):
     def _validate_options(self) -> TaskConfig:
         from lmtune.tasks import get_task_class
 
-        self.__pydantic_extra__ = _validated_options(get_task_class(self.type).Options, self.model_extra, "task")
+        self.__pydantic_extra__ = _validated_options(
+            get_task_class(self.type).Options, self.model_extra, "task"
+        )
         return self
 
     def _options_model(self) -> type[BaseModel]:
@@ -102,8 +104,10 @@ def _validated_options(options_model: type[BaseModel], extra: dict[str, Any] | N
         if err["type"] == "extra_forbidden":
             valid = list(options_model.model_fields)
             close = difflib.get_close_matches(str(err["loc"][-1]), valid, n=1, cutoff=0.5)
-            hint = f"did you mean '{section}.{close[0]}'?" if close else (
-                "valid options: " + ", ".join(valid) if valid else "this choice takes no options"
+            hint = (
+                f"did you mean '{section}.{close[0]}'?"
+                if close
+                else ("valid options: " + ", ".join(valid) if valid else "this choice takes no options")
             )
             raise OptionsError(LmtuneError(f"unknown key '{key}'", hint=hint)) from None
         msg = err.get("msg", "invalid value").removeprefix("Value error, ")
@@ -122,8 +126,12 @@ class DataConfig(_Strict):
     )
     text_column: str | None = Field(default=None, description="Text column; found by common names if unset.")
     text_pair_column: str | None = Field(default=None, description="Second text column for sentence pairs.")
-    label_column: str | None = Field(default=None, description="Label column; found by common names if unset.")
-    labels: list[str] | None = Field(default=None, description="Label list and order; taken from train if unset.")
+    label_column: str | None = Field(
+        default=None, description="Label column; found by common names if unset."
+    )
+    labels: list[str] | None = Field(
+        default=None, description="Label list and order; taken from train if unset."
+    )
     label_delimiter: str | None = Field(
         default=None, description="Split label strings on this for multi-label data, e.g. '|'."
     )
@@ -140,10 +148,14 @@ class TrainConfig(_Strict):
     """Optimisation and schedule. `None` means: the method's or task's sound default."""
 
     epochs: float = Field(default=3, gt=0, description="Passes over the training data.")
-    max_steps: int | None = Field(default=None, gt=0, description="Stop after this many steps (overrides epochs).")
+    max_steps: int | None = Field(
+        default=None, gt=0, description="Stop after this many steps (overrides epochs)."
+    )
     batch_size: int = Field(default=16, ge=1, description="Per-device training batch size.")
     eval_batch_size: int | None = Field(default=None, ge=1, description="Evaluation batch size (default 2x).")
-    learning_rate: float | None = Field(default=None, gt=0, description="Peak learning rate; per-method default.")
+    learning_rate: float | None = Field(
+        default=None, gt=0, description="Peak learning rate; per-method default."
+    )
     optimizer: Literal["adamw", "sgd", "adafactor"] = "adamw"
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1, description="Share of steps spent warming up.")
@@ -155,12 +167,16 @@ class TrainConfig(_Strict):
     early_stopping_patience: int | None = Field(
         default=2, ge=1, description="Evaluations without improvement before stopping; null disables."
     )
-    metric_for_best_model: str | None = Field(default=None, description="Metric that picks the best checkpoint.")
+    metric_for_best_model: str | None = Field(
+        default=None, description="Metric that picks the best checkpoint."
+    )
     eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
     eval_steps: int | None = Field(default=None, gt=0)
     save_strategy: Literal["epoch", "steps", "no"] = "epoch"
     save_steps: int | None = Field(default=None, gt=0)
-    save_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept (best and newest never dropped).")
+    save_total_limit: int = Field(
+        default=2, ge=1, description="Checkpoints kept (best and newest never dropped)."
+    )
     keep_checkpoints: bool = Field(default=False, description="Keep checkpoint-*/ after a successful run.")
     logging_steps: int = Field(default=10, ge=1)
     num_workers: int = Field(default=0, ge=0, description="Data-loader worker processes.")
@@ -170,7 +186,9 @@ class TrainConfig(_Strict):
     group_by_length: bool = Field(default=True, description="Batch similar lengths together (less padding).")
     gradient_checkpointing: bool = False
     torch_compile: bool = False
-    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description="tensorboard, mlflow, wandb.")
+    report_to: list[str] = Field(
+        default_factory=lambda: ["tensorboard"], description="tensorboard, mlflow, wandb."
+    )
 
     @model_validator(mode="after")
     def _check_strategies(self) -> TrainConfig:
@@ -262,7 +280,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, _, value = item.partition("=")
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise LmtuneError(f"--set {item!r}: empty key", hint="use dotted keys such as train.learning_rate=5e-4")
+        raise LmtuneError(
+            f"--set {item!r}: empty key", hint="use dotted keys such as train.learning_rate=5e-4"
+        )
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:

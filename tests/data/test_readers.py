@@ -107,7 +107,9 @@ def test_json_lines_content_saved_as_json(tmp_path: Path) -> None:
 
 
 def test_jsonl(tmp_path: Path) -> None:
-    path = write(tmp_path / "d.jsonl", '{"text": "a", "labels": ["x", "y"]}\n\n   \n{"text": "b", "labels": []}\n')
+    path = write(
+        tmp_path / "d.jsonl", '{"text": "a", "labels": ["x", "y"]}\n\n   \n{"text": "b", "labels": []}\n'
+    )
     table = read_table(path)
     assert table.rows == [{"text": "a", "labels": ["x", "y"]}, {"text": "b", "labels": []}]
     assert table.row_numbers == [1, 4]
@@ -214,7 +216,9 @@ def test_empty_file(tmp_path: Path, name: str, content: str) -> None:
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize(("name", "content"), [("d.csv", "text,label\n"), ("d.tsv", "text\tlabel\n\n"), ("d.json", "[]")])
+@pytest.mark.parametrize(
+    ("name", "content"), [("d.csv", "text,label\n"), ("d.tsv", "text\tlabel\n\n"), ("d.json", "[]")]
+)
 def test_header_only(tmp_path: Path, name: str, content: str) -> None:
     path = write(tmp_path / name, content)
     with pytest.raises(LmtuneError, match="no data rows") as info:

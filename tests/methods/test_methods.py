@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from tests.conftest import fast_config
 
 import lmtune
 from lmtune.config import RunConfig
 from lmtune.methods import METHODS
-from tests.conftest import fast_config
 
 HIDDEN, LAYERS, LABELS = 384, 6, 2
 

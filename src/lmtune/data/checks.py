@@ -16,14 +16,38 @@ from typing import Any
 from lmtune.data.readers import Table
 from lmtune.errors import LmtuneError
 
-TEXT_COLUMNS = ("text", "sentence", "review", "content", "document", "comment", "tweet", "utterance",
-                "sentence1", "text_a", "premise", "question", "query", "title", "body", "input")
-PAIR_COLUMNS = {"sentence1": "sentence2", "text_a": "text_b", "premise": "hypothesis", "question": "context",
-                "query": "passage", "text": "text_pair"}
+TEXT_COLUMNS = (
+    "text",
+    "sentence",
+    "review",
+    "content",
+    "document",
+    "comment",
+    "tweet",
+    "utterance",
+    "sentence1",
+    "text_a",
+    "premise",
+    "question",
+    "query",
+    "title",
+    "body",
+    "input",
+)
+PAIR_COLUMNS = {
+    "sentence1": "sentence2",
+    "text_a": "text_b",
+    "premise": "hypothesis",
+    "question": "context",
+    "query": "passage",
+    "text": "text_pair",
+}
 LABEL_COLUMNS = ("label", "labels", "class", "category", "sentiment", "target", "intent", "topic", "y", "tag")
 
 
-def find_column(table: Table, explicit: str | None, candidates: Sequence[str], role: str, setting: str) -> str:
+def find_column(
+    table: Table, explicit: str | None, candidates: Sequence[str], role: str, setting: str
+) -> str:
     """Return the column to use for `role`, given explicitly or found by a common name."""
     if explicit is not None:
         if explicit in table.columns:
@@ -62,9 +86,7 @@ def text_value(table: Table, index: int, column: str) -> str | None:
     return value or None
 
 
-def stratified_split(
-    labels: Sequence[Any], ratio: float, seed: int
-) -> tuple[list[int], list[int]]:
+def stratified_split(labels: Sequence[Any], ratio: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices (keep, held_out), stratified by label where every class can spare a member."""
     n = len(labels)
     n_held = max(1, round(n * ratio))
@@ -83,7 +105,9 @@ def stratified_split(
     quotas = {k: len(v) * n_held / n for k, v in by_label.items()}
     counts = {k: max(1, math.floor(q)) for k, q in quotas.items()}
     remainder = n_held - sum(counts.values())
-    for k in sorted(quotas, key=lambda k: quotas[k] - math.floor(quotas[k]), reverse=True)[: max(0, remainder)]:
+    for k in sorted(quotas, key=lambda k: quotas[k] - math.floor(quotas[k]), reverse=True)[
+        : max(0, remainder)
+    ]:
         counts[k] += 1
     for key in sorted(by_label, key=str):
         members = by_label[key][:]

@@ -68,7 +68,9 @@ def read_table(path: str | Path, fmt: str = "auto") -> Table:
     """Read a data file; every problem is an `LmtuneError` naming the file and line."""
     path = Path(path)
     if not path.exists():
-        raise LmtuneError(f"data file not found: {path}", hint="check the path (relative to the current directory)")
+        raise LmtuneError(
+            f"data file not found: {path}", hint="check the path (relative to the current directory)"
+        )
     if path.is_dir():
         raise LmtuneError(f"{path} is a directory, expected a data file")
     fmt = detect_format(path, fmt)
@@ -78,7 +80,9 @@ def read_table(path: str | Path, fmt: str = "auto") -> Table:
         text = _read_text(path)
         if not text.strip():
             raise LmtuneError(f"{path}: the file is empty", hint="add a header line and data rows")
-        reader = {"csv": _read_delimited, "tsv": _read_delimited, "json": _read_json, "jsonl": _read_jsonl}[fmt]
+        reader = {"csv": _read_delimited, "tsv": _read_delimited, "json": _read_json, "jsonl": _read_jsonl}[
+            fmt
+        ]
         table = reader(path, text, fmt) if fmt in ("csv", "tsv") else reader(path, text)
     if not table.rows:
         raise LmtuneError(f"{path}: no data rows (only a header?)", hint="add at least one labelled example")
@@ -117,7 +121,9 @@ def _read_delimited(path: Path, text: str, fmt: str) -> Table:
         if not name:
             raise LmtuneError(f"{path}, line 1: a column has no name", hint="name every column in the header")
         if name in seen:
-            raise LmtuneError(f"{path}, line 1: column '{name}' appears twice", hint="give columns unique names")
+            raise LmtuneError(
+                f"{path}, line 1: column '{name}' appears twice", hint="give columns unique names"
+            )
         seen.add(name)
     rows: list[dict[str, Any]] = []
     numbers: list[int] = []
@@ -139,7 +145,9 @@ def _read_delimited(path: Path, text: str, fmt: str) -> Table:
         if len(record) != len(header):
             raise LmtuneError(
                 f"{path}, line {start}: {len(record)} fields but the header has {len(header)}",
-                hint="quote fields containing the delimiter" if len(record) > len(header) else "fill every column",
+                hint="quote fields containing the delimiter"
+                if len(record) > len(header)
+                else "fill every column",
             )
         rows.append(dict(zip(header, record, strict=True)))
         numbers.append(start)
@@ -169,7 +177,9 @@ def _read_json(path: Path, text: str) -> Table:
         if exc.msg == "Extra data":
             # One object per line saved as .json: read it as JSON Lines.
             return _read_jsonl(path, text)
-        raise LmtuneError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg}, column {exc.colno})") from None
+        raise LmtuneError(
+            f"{path}, line {exc.lineno}: invalid JSON ({exc.msg}, column {exc.colno})"
+        ) from None
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if "data" in data and isinstance(data["data"], list):

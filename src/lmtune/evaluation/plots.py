@@ -18,7 +18,9 @@ def _pyplot() -> Any:
     return plt
 
 
-def confusion_matrix_png(matrix: Sequence[Sequence[int]], labels: Sequence[str], path: Path, title: str) -> None:
+def confusion_matrix_png(
+    matrix: Sequence[Sequence[int]], labels: Sequence[str], path: Path, title: str
+) -> None:
     plt = _pyplot()
     n = len(labels)
     size = max(4.0, 0.6 * n + 2)
@@ -35,8 +37,15 @@ def confusion_matrix_png(matrix: Sequence[Sequence[int]], labels: Sequence[str],
         for i in range(n):
             for j in range(n):
                 value = matrix[i][j]
-                ax.text(j, i, str(value), ha="center", va="center",
-                        color="white" if peak and value > peak / 2 else "black", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    str(value),
+                    ha="center",
+                    va="center",
+                    color="white" if peak and value > peak / 2 else "black",
+                    fontsize=8,
+                )
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

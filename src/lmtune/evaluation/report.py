@@ -10,8 +10,19 @@ from lmtune.config import RunConfig
 from lmtune.evaluation.plots import training_curves_png
 from lmtune.io import write_text
 
-HEADLINE = ("accuracy", "f1_macro", "f1_micro", "f1", "precision_macro", "recall_macro", "exact_match",
-            "eval_loss", "perplexity", "bleu", "rougeL")
+HEADLINE = (
+    "accuracy",
+    "f1_macro",
+    "f1_micro",
+    "f1",
+    "precision_macro",
+    "recall_macro",
+    "exact_match",
+    "eval_loss",
+    "perplexity",
+    "bleu",
+    "rougeL",
+)
 
 
 def _fmt(value: Any) -> str:
@@ -45,7 +56,11 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 
 
 def write_report(
-    run_dir: Path, cfg: RunConfig, metrics: dict[str, Any], data_report: dict[str, Any], task_sections: list[str]
+    run_dir: Path,
+    cfg: RunConfig,
+    metrics: dict[str, Any],
+    data_report: dict[str, Any],
+    task_sections: list[str],
 ) -> str:
     train = metrics.get("train", {})
     lines = [f"# lmtune run: {run_dir.name}", ""]
@@ -88,8 +103,14 @@ def _data_lines(report: dict[str, Any]) -> list[str]:
         lines.append("- rows: " + ", ".join(f"{k} {v}" for k, v in rows.items()))
     if report.get("carved_from_train"):
         lines.append("- carved from train (stratified, seeded): " + ", ".join(report["carved_from_train"]))
-    for key in ("dropped_empty_train", "dropped_duplicates_train", "duplicates_in_train",
-                "overlap_train_test", "overlap_train_validation", "truncated_train"):
+    for key in (
+        "dropped_empty_train",
+        "dropped_duplicates_train",
+        "duplicates_in_train",
+        "overlap_train_test",
+        "overlap_train_validation",
+        "truncated_train",
+    ):
         if report.get(key):
             lines.append(f"- {key.replace('_', ' ')}: {report[key]}")
     balance = report.get("class_balance")
@@ -101,7 +122,9 @@ def _data_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_model_card(run_dir: Path, cfg: RunConfig, metrics: dict[str, Any], method_saves_adapter: bool) -> None:
+def write_model_card(
+    run_dir: Path, cfg: RunConfig, metrics: dict[str, Any], method_saves_adapter: bool
+) -> None:
     test = metrics.get("test", {})
     headline = ", ".join(f"{k} {test[k]:.4f}" for k in HEADLINE if isinstance(test.get(k), float))
     labels = cfg.data.labels or []

@@ -68,17 +68,18 @@ class ClassificationTask(Task):
             pair = checks.find_column(table, pair, (), "text pair", "data.text_pair_column")
         label = None
         if need_label:
-            label = checks.find_column(table, self.label_column, checks.LABEL_COLUMNS, "label", "data.label_column")
-        else:
-            wanted = self.label_column or "label"
-            label = wanted if wanted in table.columns else None
+            label = checks.find_column(
+                table, self.label_column, checks.LABEL_COLUMNS, "label", "data.label_column"
+            )
         return text, pair, label
 
     def _label_value(self, table: Table, index: int, column: str) -> str | list[str]:
         value = table.rows[index].get(column)
         where = table.where(index, column)
         if checks.is_missing(value) or (isinstance(value, str) and not value.strip()):
-            raise LmtuneError(f"{where}: the label is empty", hint="give every training row a label or remove it")
+            raise LmtuneError(
+                f"{where}: the label is empty", hint="give every training row a label or remove it"
+            )
         if isinstance(value, list):
             if not all(isinstance(v, str | int) and not isinstance(v, bool) for v in value):
                 raise LmtuneError(f"{where}: a label list must hold strings or integers, got {value!r}")
@@ -110,9 +111,8 @@ class ClassificationTask(Task):
             record: dict[str, Any] = {"text": text, "_where": table.where(i)}
             if pair_col:
                 record["text_pair"] = pair
-            if label_col is not None:
-                if need_label or not checks.is_missing(table.rows[i].get(label_col)):
-                    record["label"] = self._label_value(table, i, label_col)
+            if need_label and label_col is not None:
+                record["label"] = self._label_value(table, i, label_col)
             records.append(record)
         if not records:
             raise LmtuneError(f"{table.path}: every row has an empty text", hint=f"check column '{text_col}'")
@@ -125,15 +125,19 @@ class ClassificationTask(Task):
             for value in values:
                 if value not in known:
                     raise LmtuneError(
-                        f"{record['_where']}, column '{column}': label '{value}' does not occur in the training data",
-                        hint=f"known labels: {', '.join(self.labels or [])}; fix the label or add training examples",
+                        f"{record['_where']}, column '{column}': "
+                        f"label '{value}' does not occur in the training data",
+                        hint=f"known labels: {', '.join(self.labels or [])}; "
+                        "fix the label or add training examples",
                     )
 
     def prepare_data(self) -> PreparedData:
         d = self.cfg.data
         seed = self.cfg.train.seed
         if not d.train:
-            raise LmtuneError("no training data given", hint="set data.train in the config or pass --train FILE")
+            raise LmtuneError(
+                "no training data given", hint="set data.train in the config or pass --train FILE"
+            )
         train_table = read_table(d.train, d.format)
         train, train_info = self._extract(train_table, need_label=True)
         if self.options.multi_label is None:
@@ -164,7 +168,10 @@ class ClassificationTask(Task):
 
         splits: dict[str, list[dict[str, Any]]] = {}
         carved: list[str] = []
-        for split, path, ratio in (("test", d.test, d.test_split), ("validation", d.validation, d.validation_split)):
+        for split, path, ratio in (
+            ("test", d.test, d.test_split),
+            ("validation", d.validation, d.validation_split),
+        ):
             if path:
                 table = read_table(path, d.format)
                 records, _ = self._extract(table, need_label=True)
@@ -189,7 +196,9 @@ class ClassificationTask(Task):
             record["label"] = [record["label"]]
         return record
 
-    def _data_report(self, splits: dict[str, list[dict[str, Any]]], train_info: dict, carved: list[str]) -> dict:
+    def _data_report(
+        self, splits: dict[str, list[dict[str, Any]]], train_info: dict, carved: list[str]
+    ) -> dict:
         def key(r: dict[str, Any]) -> str:
             return r["text"] + ("\t" + r["text_pair"] if r.get("text_pair") else "")
 
@@ -202,7 +211,9 @@ class ClassificationTask(Task):
             "dropped_empty_train": train_info["dropped_empty"],
             "dropped_duplicates_train": train_info.get("dropped_duplicates", 0),
             "duplicates_in_train": checks.count_duplicates([key(r) for r in splits["train"]]),
-            "overlap_train_test": checks.count_overlap([key(r) for r in splits["train"]], [key(r) for r in splits["test"]]),
+            "overlap_train_test": checks.count_overlap(
+                [key(r) for r in splits["train"]], [key(r) for r in splits["test"]]
+            ),
             "overlap_train_validation": checks.count_overlap(
                 [key(r) for r in splits["train"]], [key(r) for r in splits["validation"]]
             ),
@@ -255,7 +266,9 @@ class ClassificationTask(Task):
         config.num_labels = len(labels)
         config.id2label = dict(enumerate(labels))
         config.label2id = {label: i for i, label in enumerate(labels)}
-        config.problem_type = "multi_label_classification" if self.multi_label else "single_label_classification"
+        config.problem_type = (
+            "multi_label_classification" if self.multi_label else "single_label_classification"
+        )
         apply_dropout(config, self.cfg.train.dropout)
         if getattr(config, "pad_token_id", None) is None:
             # Decoder classifiers pool the last non-pad token, so they need a pad id.
@@ -320,7 +333,11 @@ class ClassificationTask(Task):
             if not self.multi_label:
                 kwargs["labels"] = ids
             p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, **kwargs)
-            metrics[f"precision_{avg}"], metrics[f"recall_{avg}"], metrics[f"f1_{avg}"] = float(p), float(r), float(f)
+            metrics[f"precision_{avg}"], metrics[f"recall_{avg}"], metrics[f"f1_{avg}"] = (
+                float(p),
+                float(r),
+                float(f),
+            )
         if self.multi_label:
             metrics["hamming_loss"] = float(hamming_loss(y_true, y_pred))
         metrics["n"] = len(y_true)
@@ -329,7 +346,12 @@ class ClassificationTask(Task):
             kwargs["labels"] = ids
         p, r, f, s = precision_recall_fscore_support(y_true, y_pred, **kwargs)
         per_class = {
-            labels[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            labels[i]: {
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f[i]),
+                "support": int(s[i]),
+            }
             for i in ids
         }
         details: dict[str, Any] = {"per_class": per_class}
@@ -345,7 +367,9 @@ class ClassificationTask(Task):
 
         return compute
 
-    def _forward(self, model: Any, tokenizer: Any, features: list[dict[str, Any]], batch_size: int) -> np.ndarray:
+    def _forward(
+        self, model: Any, tokenizer: Any, features: list[dict[str, Any]], batch_size: int
+    ) -> np.ndarray:
         """Probabilities for tokenized features, in their original order."""
         from lmtune.tasks.base import resolve_precision
 
@@ -369,7 +393,9 @@ class ClassificationTask(Task):
         gold = np.asarray([f["labels"] for f in features])
         return self.scores(gold, probs)
 
-    def predict(self, model: Any, tokenizer: Any, inputs: list[dict[str, Any]], batch_size: int) -> list[dict]:
+    def predict(
+        self, model: Any, tokenizer: Any, inputs: list[dict[str, Any]], batch_size: int
+    ) -> list[dict]:
         from datasets import Dataset
 
         if not inputs:
@@ -404,14 +430,15 @@ class ClassificationTask(Task):
             lines.append("| label | precision | recall | F1 | support |")
             lines.append("|---|---:|---:|---:|---:|")
             for label, row in result.details["per_class"].items():
-                lines.append(
-                    f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |"
-                )
+                scores = " | ".join(f"{row[k]:.3f}" for k in ("precision", "recall", "f1"))
+                lines.append(f"| {label} | {scores} | {row['support']} |")
             lines.append("")
             matrix = result.details.get("confusion_matrix")
             if matrix is not None:
                 name = f"confusion_matrix_{split}.png"
-                confusion_matrix_png(matrix, self.labels or [], run_dir / name, title=f"Confusion matrix ({split})")
+                confusion_matrix_png(
+                    matrix, self.labels or [], run_dir / name, title=f"Confusion matrix ({split})"
+                )
                 lines.append(f"![confusion matrix ({split})]({name})\n")
                 lines.extend(_top_confusions(matrix, self.labels or []))
         return lines
@@ -427,8 +454,11 @@ def _top_confusions(matrix: Sequence[Sequence[int]], labels: list[str], k: int =
     if not pairs:
         return []
     pairs.sort(reverse=True)
-    lines = ["Most common confusions (gold -> predicted): "
-             + "; ".join(f"{g} -> {p}: {n}" for n, g, p in pairs[:k]), ""]
+    lines = [
+        "Most common confusions (gold -> predicted): "
+        + "; ".join(f"{g} -> {p}: {n}" for n, g, p in pairs[:k]),
+        "",
+    ]
     return lines
 
 

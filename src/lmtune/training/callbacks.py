@@ -21,11 +21,16 @@ class JsonlLogCallback(TrainerCallback):
         self.path = Path(path)
         self.start = time.monotonic()
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+    ) -> None:
         if not logs or not state.is_world_process_zero:
             return
-        record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
-                  "time_s": round(time.monotonic() - self.start, 3)}
+        record = {
+            "step": state.global_step,
+            "epoch": round(state.epoch or 0.0, 4),
+            "time_s": round(time.monotonic() - self.start, 3),
+        }
         record.update({k: v for k, v in logs.items() if isinstance(v, int | float | str)})
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -41,7 +46,9 @@ class NanGuardCallback(TrainerCallback):
     def __init__(self) -> None:
         self.bad_step: int | None = None
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+    ) -> None:
         loss = (logs or {}).get("loss")
         if isinstance(loss, float) and not math.isfinite(loss):
             self.bad_step = state.global_step

@@ -26,8 +26,10 @@ def training_arguments(cfg: RunConfig, output_dir: Path, metric: str, greater_is
     precision = resolve_precision(t.precision)
     evaluating = t.eval_strategy != "no"
     # Picking the best checkpoint needs a checkpoint at every evaluation.
-    load_best = evaluating and t.save_strategy == t.eval_strategy and (
-        t.eval_strategy != "steps" or t.save_steps == t.eval_steps
+    load_best = (
+        evaluating
+        and t.save_strategy == t.eval_strategy
+        and (t.eval_strategy != "steps" or t.save_steps == t.eval_steps)
     )
     # TensorBoard is attached by `build_trainer` so its logs land in OUTPUT_DIR/tensorboard.
     report_to = [r for r in t.report_to if r not in ("none", "tensorboard")] or "none"
@@ -39,7 +41,9 @@ def training_arguments(cfg: RunConfig, output_dir: Path, metric: str, greater_is
         per_device_eval_batch_size=t.eval_batch_size or t.batch_size * 2,
         learning_rate=t.learning_rate,
         optim=OPTIMIZERS[t.optimizer],
-        lr_scheduler_type=t.scheduler if t.scheduler != "constant" or t.warmup_ratio == 0 else "constant_with_warmup",
+        lr_scheduler_type=t.scheduler
+        if t.scheduler != "constant" or t.warmup_ratio == 0
+        else "constant_with_warmup",
         warmup_steps=t.warmup_ratio,  # transformers 5: a float below 1 is a ratio of total steps
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm if t.max_grad_norm is not None else 0.0,
