@@ -123,11 +123,11 @@ def test_given_validation_and_test_files_are_used(tmp_path: Path) -> None:
 
 
 def test_validation_file_uses_the_train_columns(tmp_path: Path) -> None:
-    train = write_csv(tmp_path / "train.csv", "review,stars", labelled_rows({"1": 5, "5": 5}))
-    val = write_csv(tmp_path / "val.csv", "stars,review", ["5,great", "1,awful"])
-    test = write_csv(tmp_path / "test.csv", "review,stars", ["fine,5"])
+    train = write_csv(tmp_path / "train.csv", "review,sentiment", labelled_rows({"1": 5, "5": 5}))
+    val = write_csv(tmp_path / "val.csv", "sentiment,review", ["5,great", "1,awful"])
+    test = write_csv(tmp_path / "test.csv", "review,sentiment", ["fine,5"])
     prepared = make_task(tmp_path, train=train, validation=val, test=test).prepare_data()
-    assert prepared.report["columns"] == {"text": "review", "text_pair": None, "label": "stars"}
+    assert prepared.report["columns"] == {"text": "review", "text_pair": None, "label": "sentiment"}
     assert decode(prepared.splits["validation"], prepared.labels) == [("great", "5"), ("awful", "1")]
 
 
