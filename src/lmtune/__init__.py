@@ -23,19 +23,19 @@ def train(config: RunConfig | dict, *, overwrite: bool = False):  # type: ignore
     return _train(cfg, overwrite=overwrite)
 
 
-def load_run(directory, device=None):  # type: ignore[no-untyped-def]
+def load_run(directory: str | Path, device: str | None = None) -> Run:
     """Load a finished run directory for prediction and evaluation."""
     from lmtune.run import load_run as _load_run
 
     return _load_run(directory, device)
 
 
-def evaluate(directory, data_path):  # type: ignore[no-untyped-def]
+def evaluate(directory: str | Path, data_path: str | Path) -> dict[str, Any]:
     """Metrics of a finished run on a labelled file."""
     return load_run(directory).evaluate(data_path)
 
 
-def predict(directory, texts):  # type: ignore[no-untyped-def]
+def predict(directory: str | Path, texts: str | list[str]) -> list[dict[str, Any]]:
     """Predictions of a finished run for a list of texts."""
     return load_run(directory).predict(texts)
 

@@ -103,7 +103,9 @@ def test_carving_is_seeded(tmp_path: Path) -> None:
 
     def test_texts(seed: int) -> list[str]:
         task = ClassificationTask(
-            RunConfig(model={"name": "x"}, data={"train": train}, train={"seed": seed}, output_dir=str(tmp_path))
+            RunConfig(
+                model={"name": "x"}, data={"train": train}, train={"seed": seed}, output_dir=str(tmp_path)
+            )
         )
         return task.prepare_data().splits["test"]["text"]
 
@@ -118,7 +120,11 @@ def test_given_validation_and_test_files_are_used(tmp_path: Path) -> None:
     prepared = make_task(tmp_path, train=train, validation=val, test=test).prepare_data()
     assert prepared.report["carved_from_train"] == []
     assert prepared.report["rows"] == {"train": 10, "validation": 3, "test": 2}
-    assert decode(prepared.splits["validation"], prepared.labels) == [("v1", "pos"), ("v2", "neg"), ("v3", "neg")]
+    assert decode(prepared.splits["validation"], prepared.labels) == [
+        ("v1", "pos"),
+        ("v2", "neg"),
+        ("v3", "neg"),
+    ]
     assert decode(prepared.splits["test"], prepared.labels) == [("t1", "pos"), ("t2", "pos")]
 
 
@@ -250,7 +256,9 @@ def test_drop_duplicates(tmp_path: Path) -> None:
     train = write_csv(tmp_path / "train.csv", "text,label", rows)
     val = write_csv(tmp_path / "val.csv", "text,label", ["v,pos"])
     test = write_csv(tmp_path / "test.csv", "text,label", ["t,neg"])
-    prepared = make_task(tmp_path, train=train, validation=val, test=test, drop_duplicates=True).prepare_data()
+    prepared = make_task(
+        tmp_path, train=train, validation=val, test=test, drop_duplicates=True
+    ).prepare_data()
     assert prepared.report["dropped_duplicates_train"] == 3
     assert prepared.report["duplicates_in_train"] == 0
     assert prepared.report["rows"]["train"] == 10
@@ -300,7 +308,9 @@ def test_explicit_pair_column(tmp_path: Path) -> None:
     task = make_task(tmp_path, train=train, text_column="left", text_pair_column="right")
     prepared = task.prepare_data()
     assert prepared.report["columns"] == {"text": "left", "text_pair": "right", "label": "label"}
-    assert {r["text"][1:] for r in prepared.splits["train"]} == {r["text_pair"][1:] for r in prepared.splits["train"]}
+    assert {r["text"][1:] for r in prepared.splits["train"]} == {
+        r["text_pair"][1:] for r in prepared.splits["train"]
+    }
 
 
 # ---- multi-label -------------------------------------------------------------------------------
@@ -353,7 +363,9 @@ def test_forced_multi_label_wraps_single_labels(tmp_path: Path) -> None:
     task = make_task(tmp_path, task={"multi_label": True}, train=train)
     prepared = task.prepare_data()
     assert task.multi_label is True
-    for text, vector in zip(prepared.splits["train"]["text"], prepared.splits["train"]["label_ids"], strict=True):
+    for text, vector in zip(
+        prepared.splits["train"]["text"], prepared.splits["train"]["label_ids"], strict=True
+    ):
         assert vector == ([1.0, 0.0] if text.startswith("x") else [0.0, 1.0])
 
 
@@ -400,7 +412,9 @@ def test_read_inputs_without_label_column(tmp_path: Path) -> None:
 
 def test_read_inputs_ignores_labels(tmp_path: Path) -> None:
     task = make_task(tmp_path, labels=["neg", "pos"])
-    path = write_jsonl(tmp_path / "inputs.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": None}])
+    path = write_jsonl(
+        tmp_path / "inputs.jsonl", [{"text": "a", "label": "pos"}, {"text": "b", "label": None}]
+    )
     assert task.read_inputs(path) == [{"text": "a"}, {"text": "b"}]
 
 
