@@ -9,13 +9,18 @@ Public API:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from lmtune._version import __version__
 from lmtune.config import RunConfig
 from lmtune.errors import LmtuneError
 
+if TYPE_CHECKING:
+    from lmtune.run import Run
 
-def train(config: RunConfig | dict, *, overwrite: bool = False):  # type: ignore[no-untyped-def]
+
+def train(config: RunConfig | dict[str, Any], *, overwrite: bool = False) -> Run:
     """Fine-tune as the config says and return the finished `Run`."""
     from lmtune.run import train as _train
 

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lmtune import __version__
+from lmtune._version import __version__
 from lmtune.config import RunConfig
 from lmtune.errors import LmtuneError
 from lmtune.io import atomic_dir, write_json, write_text

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from tests.conftest import fast_config
 
 import lmtune
 from lmtune.config import RunConfig
 from lmtune.tasks.classification import ClassificationTask
-from tests.conftest import fast_config
 
 
 def test_metrics_match_a_hand_computation():

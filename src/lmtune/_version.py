@@ -1,0 +1,3 @@
+"""The package version, importable without side effects."""
+
+__version__ = "0.1.0"
