@@ -132,6 +132,18 @@ class DataConfig(_Strict):
     labels: list[str] | None = Field(
         default=None, description="Label list and order; taken from train if unset."
     )
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_text(cls, value: Any) -> Any:
+        # YAML reads `labels: [0, 1]` as integers; labels are compared as text everywhere.
+        if isinstance(value, list):
+            value = [str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for v in value]
+            duplicates = sorted({v for v in value if value.count(v) > 1}, key=str)
+            if duplicates:
+                raise ValueError(f"labels listed twice: {', '.join(map(str, duplicates))}")
+        return value
+
     label_delimiter: str | None = Field(
         default=None, description="Split label strings on this for multi-label data, e.g. '|'."
     )
@@ -243,6 +255,7 @@ class RunConfig(_Strict):
 
 # ---- helpers ---------------------------------------------------------------------------
 _SHORTHANDS = {"model": "name", "task": "type", "method": "name"}
+_SECTION_DEFAULTS = {"task": "classification", "method": "lora"}
 
 
 def normalise(raw: dict[str, Any]) -> dict[str, Any]:
@@ -311,8 +324,10 @@ def set_dotted(raw: dict[str, Any], parts: list[str], value: Any) -> None:
         node[part] = child
         node = child
     last = parts[-1]
-    if len(parts) == 2 and _SHORTHANDS.get(parts[0]) == last and node.get(last) not in (None, value):
-        node.clear()
+    if len(parts) == 2 and parts[0] in _SECTION_DEFAULTS and last == _SHORTHANDS[parts[0]]:
+        # Options belong to the method/task they were written for (the default one if unnamed).
+        if node.get(last, _SECTION_DEFAULTS[parts[0]]) != value:
+            node.clear()
     node[last] = value
 
 

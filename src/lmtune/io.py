@@ -39,6 +39,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; artefacts are meant to be shared
         os.replace(tmp_path, target)
         _fsync_dir(target.parent)
     finally:
@@ -82,6 +83,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700
         for path in tmp.rglob("*"):
             if path.is_file():
                 with open(path, "rb+") as fh:

@@ -13,6 +13,7 @@ from lmtune.data.checks import (
     count_overlap,
     find_column,
     is_missing,
+    sample,
     stratified_split,
     text_value,
 )
@@ -196,3 +197,14 @@ def test_count_overlap() -> None:
     assert count_overlap(["a", "b", "c"], ["b", "x", "c", "c"]) == 3
     assert count_overlap(["a"], ["b"]) == 0
     assert count_overlap([], ["a"]) == 0
+
+
+def test_sample_is_seeded_and_ordered() -> None:
+    items = list(range(100))
+    first = sample(items, 10, seed=0)
+    assert len(first) == 10
+    assert first == sorted(first)
+    assert len(set(first)) == 10
+    assert sample(items, 10, seed=0) == first
+    assert sample(items, 10, seed=1) != first
+    assert sample(items, 100, seed=0) == items

@@ -89,13 +89,31 @@ def test_validation_and_test_carved_from_train(tmp_path: Path) -> None:
     assert report["overlap_train_validation"] == 0
 
 
-def test_carved_sizes_follow_the_ratios(tmp_path: Path) -> None:
-    train = write_csv(tmp_path / "train.csv", "text,label", labelled_rows({"a": 50, "b": 50}))
-    prepared = make_task(tmp_path, train=train, test_split=0.2, validation_split=0.25).prepare_data()
-    rows = prepared.report["rows"]
-    assert rows["test"] == 20
-    assert rows["validation"] == 20  # 25% of the 80 rows left after the test split
-    assert rows["train"] == 60
+def test_carved_test_size_follows_the_ratio(tmp_path: Path) -> None:
+    train = write_csv(tmp_path / "train.csv", "text,label", labelled_rows({"a": 25, "b": 25}))
+    val = write_csv(tmp_path / "val.csv", "text,label", ["v,a"])
+    prepared = make_task(tmp_path, train=train, validation=val, test_split=0.3).prepare_data()
+    assert prepared.report["carved_from_train"] == ["test"]
+    assert prepared.report["rows"] == {"test": 15, "validation": 1, "train": 35}
+    assert sorted(prepared.report["class_balance"]["test"].values()) == [7, 8]
+
+
+def test_carved_validation_size_follows_the_ratio(tmp_path: Path) -> None:
+    train = write_csv(tmp_path / "train.csv", "text,label", labelled_rows({"a": 30, "b": 20}))
+    test = write_csv(tmp_path / "test.csv", "text,label", ["t,b"])
+    prepared = make_task(tmp_path, train=train, test=test, validation_split=0.2).prepare_data()
+    assert prepared.report["carved_from_train"] == ["validation"]
+    assert prepared.report["rows"] == {"test": 1, "validation": 10, "train": 40}
+    assert prepared.report["class_balance"]["validation"] == {"a": 6, "b": 4}
+
+
+def test_max_train_samples(tmp_path: Path) -> None:
+    train = write_csv(tmp_path / "train.csv", "text,label", labelled_rows({"a": 30, "b": 30}))
+    prepared = make_task(tmp_path, train=train, max_train_samples=10).prepare_data()
+    assert prepared.report["rows"]["train"] == 10
+    assert prepared.report["rows"]["test"] == 6
+    held = set(prepared.splits["test"]["text"]) | set(prepared.splits["validation"]["text"])
+    assert not held & set(prepared.splits["train"]["text"])
 
 
 def test_carving_is_seeded(tmp_path: Path) -> None:
@@ -440,3 +458,19 @@ def test_read_inputs_label_distribution_unchanged(tmp_path: Path) -> None:
     inputs = task.read_inputs(path)
     assert Counter(i["text"] for i in inputs) == {"x": 2, "y": 1}
     assert task.labels == ["a", "b"]
+
+
+def test_carved_shares_are_of_the_original_train_file(tmp_path):
+    rows = [{"text": f"review number {i}", "label": "pos" if i % 2 else "neg"} for i in range(100)]
+    from tests.conftest import write_csv
+
+    train = write_csv(tmp_path / "train.csv", rows)
+    cfg = RunConfig(model={"name": "x"}, data={"train": str(train)}, output_dir=str(tmp_path / "run"))
+    splits = ClassificationTask(cfg).prepare_data().splits
+    assert (len(splits["train"]), len(splits["validation"]), len(splits["test"])) == (80, 10, 10)
+
+
+def test_numeric_labels_in_config_are_text_and_duplicates_rejected(tmp_path):
+    assert RunConfig(model={"name": "x"}, data={"labels": [0, 1]}).data.labels == ["0", "1"]
+    with pytest.raises(LmtuneError, match="labels listed twice: a"):
+        RunConfig.from_dict({"model": "x", "data": {"labels": ["a", "b", "a"]}})

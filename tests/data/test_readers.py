@@ -106,6 +106,13 @@ def test_json_lines_content_saved_as_json(tmp_path: Path) -> None:
     assert table.unit == "line"
 
 
+def test_json_lines_content_saved_as_json_with_broken_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "d.json", '{"text": "a"}\n{"text": "b"}\n{"text": \n')
+    with pytest.raises(LmtuneError, match=r"line 3: invalid JSON") as info:
+        read_table(path)
+    assert str(path) in str(info.value)
+
+
 def test_jsonl(tmp_path: Path) -> None:
     path = write(
         tmp_path / "d.jsonl", '{"text": "a", "labels": ["x", "y"]}\n\n   \n{"text": "b", "labels": []}\n'

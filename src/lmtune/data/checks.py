@@ -100,19 +100,29 @@ def stratified_split(labels: Sequence[Any], ratio: float, seed: int) -> tuple[li
         order = list(range(n))
         rng.shuffle(order)
         return sorted(order[n_held:]), sorted(order[:n_held])
-    held: list[int] = []
-    # Largest-remainder allocation keeps class proportions and the exact held-out size.
+    # Largest-remainder allocation keeps class proportions and the exact held-out size;
+    # every class keeps at least one training example and, where possible, gives one.
     quotas = {k: len(v) * n_held / n for k, v in by_label.items()}
-    counts = {k: max(1, math.floor(q)) for k, q in quotas.items()}
-    remainder = n_held - sum(counts.values())
-    for k in sorted(quotas, key=lambda k: quotas[k] - math.floor(quotas[k]), reverse=True)[
-        : max(0, remainder)
-    ]:
-        counts[k] += 1
+    counts = {k: min(len(by_label[k]) - 1, max(1, math.floor(q))) for k, q in quotas.items()}
+    by_remainder = sorted(quotas, key=lambda k: quotas[k] - math.floor(quotas[k]), reverse=True)
+    while sum(counts.values()) < n_held:
+        grown = False
+        for k in by_remainder:
+            if sum(counts.values()) < n_held and counts[k] < len(by_label[k]) - 1:
+                counts[k] += 1
+                grown = True
+        if not grown:
+            break
+    while sum(counts.values()) > n_held:
+        largest = max((k for k in counts if counts[k] > 1), key=lambda k: counts[k] - quotas[k], default=None)
+        if largest is None:
+            break
+        counts[largest] -= 1
+    held: list[int] = []
     for key in sorted(by_label, key=str):
         members = by_label[key][:]
         rng.shuffle(members)
-        held.extend(members[: min(counts[key], len(members) - 1)])
+        held.extend(members[: counts[key]])
     held_set = set(held)
     return [i for i in range(n) if i not in held_set], sorted(held)
 

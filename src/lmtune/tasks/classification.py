@@ -168,6 +168,7 @@ class ClassificationTask(Task):
 
         splits: dict[str, list[dict[str, Any]]] = {}
         carved: list[str] = []
+        total = len(train)
         for split, path, ratio in (
             ("test", d.test, d.test_split),
             ("validation", d.validation, d.validation_split),
@@ -180,7 +181,9 @@ class ClassificationTask(Task):
                 splits[split] = records
             else:
                 strata = [json.dumps(r["label"]) for r in train]
-                keep, held = checks.stratified_split(strata, ratio, seed + (0 if split == "test" else 1))
+                # Both shares are of the original train file: 100 rows -> 80 / 10 / 10.
+                share = ratio * total / len(train)
+                keep, held = checks.stratified_split(strata, share, seed + (0 if split == "test" else 1))
                 splits[split] = [train[i] for i in held]
                 train = [train[i] for i in keep]
                 carved.append(split)
