@@ -324,10 +324,15 @@ def set_dotted(raw: dict[str, Any], parts: list[str], value: Any) -> None:
         node[part] = child
         node = child
     last = parts[-1]
-    if len(parts) == 2 and parts[0] in _SECTION_DEFAULTS and last == _SHORTHANDS[parts[0]]:
-        # Options belong to the method/task they were written for (the default one if unnamed).
-        if node.get(last, _SECTION_DEFAULTS[parts[0]]) != value:
-            node.clear()
+    # Options belong to the method/task they were written for (the default one if unnamed).
+    renamed = (
+        len(parts) == 2
+        and parts[0] in _SECTION_DEFAULTS
+        and last == _SHORTHANDS[parts[0]]
+        and node.get(last, _SECTION_DEFAULTS[parts[0]]) != value
+    )
+    if renamed:
+        node.clear()
     node[last] = value
 
 
