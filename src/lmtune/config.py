@@ -121,8 +121,10 @@ class DataConfig(_Strict):
     train: str | None = Field(default=None, description="Training file (csv, tsv, json, jsonl, parquet).")
     validation: str | None = Field(default=None, description="Validation file; carved from train if absent.")
     test: str | None = Field(default=None, description="Test file; carved from train if absent.")
-    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = Field(
-        default="auto", description="File format; 'auto' goes by the file extension."
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "conll"] = Field(
+        default="auto",
+        description="File format; 'auto' goes by the file extension "
+        "(.conll/.bio/.iob, or .txt with 'token tag' lines, are CoNLL).",
     )
     text_column: str | None = Field(default=None, description="Text column; found by common names if unset.")
     text_pair_column: str | None = Field(default=None, description="Second text column for sentence pairs.")

@@ -136,8 +136,7 @@ def _resolve(cfg: RunConfig, task: Any, method_cls: Any) -> RunConfig:
     ):
         if hasattr(task, attr):
             raw["data"][key] = getattr(task, attr)
-    if "multi_label" in raw["task"]:
-        raw["task"]["multi_label"] = bool(getattr(task, "multi_label", False))
+    raw["task"].update(task.resolved_options())
     raw["train"]["learning_rate"] = cfg.train.learning_rate or method_cls.default_learning_rate
     raw["train"]["metric_for_best_model"] = cfg.train.metric_for_best_model or task.default_metric
     return RunConfig.from_dict(raw)
@@ -326,8 +325,7 @@ class Run:
             texts = [texts]
         inputs = [t if isinstance(t, dict) else {"text": t} for t in texts]
         for i, item in enumerate(inputs):
-            if not isinstance(item.get("text"), str):
-                raise LmtuneError(f"input {i + 1}: expected text, got {type(item.get('text')).__name__}")
+            self.task.check_input(i, item)
         return self.task.predict(self.model, self.tokenizer, inputs, batch_size or self.batch_size)
 
     def predict_file(self, path: str | Path, batch_size: int | None = None) -> list[dict]:

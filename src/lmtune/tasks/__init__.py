@@ -10,6 +10,8 @@ TASKS = Registry(
     "task",
     {
         "classification": "lmtune.tasks.classification:ClassificationTask",
+        "token-classification": "lmtune.tasks.token_classification:TokenClassificationTask",
+        "ner": "lmtune.tasks.token_classification:TokenClassificationTask",
     },
 )
 

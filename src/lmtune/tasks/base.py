@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from lmtune.errors import LmtuneError
+
 if TYPE_CHECKING:
     from datasets import Dataset
     from torch import nn
@@ -73,8 +75,14 @@ class Task:
         """Inputs for `lmtune predict` (labels not required)."""
         raise NotImplementedError
 
-    def inputs_from_texts(self, texts: Sequence[str]) -> list[dict[str, Any]]:
-        return [{"text": t} for t in texts]
+    def check_input(self, index: int, item: dict[str, Any]) -> None:
+        """Raise `LmtuneError` for an input record `predict` cannot take (`index` counts from 0)."""
+        if not isinstance(item.get("text"), str):
+            raise LmtuneError(f"input {index + 1}: expected text, got {type(item.get('text')).__name__}")
+
+    def resolved_options(self) -> dict[str, Any]:
+        """Task options the data decided (e.g. multi-label, tag scheme), written into config.yaml."""
+        return {}
 
     # model --------------------------------------------------------------------------------
     def build_model(self, path: str, *, fresh_head: bool) -> nn.Module:

@@ -56,6 +56,9 @@ class ClassificationTask(Task):
         self.pair_column: str | None = cfg.data.text_pair_column
         self.label_column: str | None = cfg.data.label_column
 
+    def resolved_options(self) -> dict[str, Any]:
+        return {"multi_label": self.multi_label}
+
     # ---- reading and checking -----------------------------------------------------------
     def _columns(self, table: Table, need_label: bool) -> tuple[str, str | None, str | None]:
         d = self.cfg.data

@@ -1,0 +1,486 @@
+"""Token classification (named-entity recognition): a BIO tag per word.
+
+Data is CoNLL or JSON(L) token lists (`lmtune.data.conll`); any BIO-like scheme is
+normalised to BIO for training and converted back for predictions on pre-tokenised input.
+The first sub-token of each word carries its label (the rest -100). Sentences longer than
+`data.max_length` are split into overlapping windows of whole words, never truncated; the
+prediction for a word comes from the window where it sits furthest from an edge.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmtune.data import checks, conll
+from lmtune.data.conll import Sentence
+from lmtune.data.readers import read_table
+from lmtune.errors import LmtuneError
+from lmtune.tasks.base import (
+    EvalResult,
+    PreparedData,
+    Task,
+    autocast_for,
+    length_sorted_batches,
+    model_device,
+    resolve_precision,
+)
+from lmtune.tasks.classification import _DropLengthCollator, apply_dropout
+
+
+class TokenClassificationOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tag_scheme: Literal["auto", "bio", "iob1", "bioes", "bilou", "bmes"] = Field(
+        default="auto",
+        description="Tag scheme of the data; auto detects it from the training tags. "
+        "Trained as BIO; predictions on pre-tokenised input use this scheme.",
+    )
+    stride: int = Field(
+        default=8, ge=0, description="Words shared by consecutive windows of a sentence over max_length."
+    )
+
+
+# Latin-script words, or one CJK character (Chinese/Japanese have no spaces), or one symbol.
+_CJK = (
+    "\u2e80-\u2fdf\u3040-\u30ff\u3100-\u312f\u31a0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
+)
+_WORD = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]", re.UNICODE)
+
+
+def split_words(text: str) -> list[tuple[str, int, int]]:
+    """Words of a raw text with their character offsets (start, end)."""
+    return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
+
+
+class TokenClassificationTask(Task):
+    name: ClassVar[str] = "token-classification"
+    description: ClassVar[str] = "Tag each word (named entities): CoNLL or JSONL tokens, BIO/IOB1/BIOES/BMES."
+    Options = TokenClassificationOptions
+    peft_task_type: ClassVar[str] = "TOKEN_CLS"
+    head_names: ClassVar[tuple[str, ...]] = ("classifier", "score")
+    peft_head_names: ClassVar[tuple[str, ...]] = ("classifier", "score")
+    default_metric: ClassVar[str] = "f1"
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.text_column: str | None = cfg.data.text_column
+        self.label_column: str | None = cfg.data.label_column
+        self.scheme: str = self.options.tag_scheme if self.options.tag_scheme != "auto" else "bio"
+
+    def resolved_options(self) -> dict[str, Any]:
+        """Task options decided by the data (written back into config.yaml)."""
+        return {"tag_scheme": self.scheme}
+
+    # ---- reading and checking -----------------------------------------------------------------
+    def _read(self, path: str, need_tags: bool = True) -> list[Sentence]:
+        sentences, tok_col, tag_col = conll.read_sentences(
+            path, self.cfg.data.format, self.text_column, self.label_column, need_tags, self.labels
+        )
+        if tok_col is not None:
+            self.text_column = tok_col
+        if tag_col is not None:
+            self.label_column = tag_col
+        return sentences
+
+    def _normalise(self, sentences: list[Sentence]) -> list[dict[str, Any]]:
+        records = []
+        for s in sentences:
+            conll.check_scheme(s, self.scheme)
+            records.append({"tokens": s.tokens, "tags": conll.to_bio(s.tags or [], self.scheme), "_s": s})
+        return records
+
+    def _check_known(self, records: list[dict[str, Any]]) -> None:
+        known = set(self.labels or [])
+        for r in records:
+            for i, tag in enumerate(r["tags"]):
+                if tag not in known:
+                    s: Sentence = r["_s"]
+                    raise LmtuneError(
+                        f"{conll._where_token(s, i)}: tag '{tag}' does not occur in the training data",
+                        hint=f"known tags: {', '.join(self.labels or [])}",
+                    )
+
+    def prepare_data(self) -> PreparedData:
+        d = self.cfg.data
+        seed = self.cfg.train.seed
+        if not d.train:
+            raise LmtuneError(
+                "no training data given", hint="set data.train in the config or pass --train FILE"
+            )
+        sentences = self._read(d.train)
+        if self.options.tag_scheme == "auto":
+            self.scheme = conll.detect_scheme([s.tags or [] for s in sentences])
+        train = self._normalise(sentences)
+        types = {kind for r in train for kind, _, _ in conll.bio_spans(r["tags"])}
+        if d.labels:
+            self.labels = list(d.labels)
+            self._check_known(train)
+        else:
+            self.labels = conll.bio_labels(types)
+        if not types:
+            raise LmtuneError(f"{d.train}: no entity tags, every token is 'O'", hint="tag some entities")
+        info: dict[str, Any] = {"dropped_duplicates": 0}
+        if d.drop_duplicates:
+            unique: dict[tuple, dict[str, Any]] = {}
+            for r in train:
+                unique.setdefault(tuple(r["tokens"]), r)
+            info["dropped_duplicates"] = len(train) - len(unique)
+            train = list(unique.values())
+
+        splits: dict[str, list[dict[str, Any]]] = {}
+        carved: list[str] = []
+        for split, path, ratio in (
+            ("test", d.test, d.test_split),
+            ("validation", d.validation, d.validation_split),
+        ):
+            if path:
+                records = self._normalise(self._read(path))
+                self._check_known(records)
+                splits[split] = records
+            else:
+                # Seeded split, stratified by each sentence's first entity type.
+                strata = [next(iter(conll.bio_spans(r["tags"])), ("O",))[0] for r in train]
+                keep, held = checks.stratified_split(strata, ratio, seed + (0 if split == "test" else 1))
+                splits[split] = [train[i] for i in held]
+                train = [train[i] for i in keep]
+                carved.append(split)
+        if d.max_train_samples is not None and d.max_train_samples < len(train):
+            train = checks.sample(train, d.max_train_samples, seed)
+        splits["train"] = train
+        report = self._data_report(splits, carved, info)
+        datasets = {name: self._to_dataset(records) for name, records in splits.items()}
+        return PreparedData(splits=datasets, labels=self.labels, report=report)
+
+    def _data_report(self, splits: dict[str, list[dict[str, Any]]], carved: list[str], info: dict) -> dict:
+        def key(r: dict[str, Any]) -> str:
+            return " ".join(r["tokens"])
+
+        types = sorted({label[2:] for label in self.labels or [] if label != "O"})
+        report: dict[str, Any] = {
+            "columns": {"tokens": self.text_column, "tags": self.label_column},
+            "labels": self.labels,
+            "tag_scheme": self.scheme,
+            "rows": {name: len(records) for name, records in splits.items()},
+            "tokens": {name: sum(len(r["tokens"]) for r in records) for name, records in splits.items()},
+            "carved_from_train": carved,
+            "dropped_duplicates_train": info["dropped_duplicates"],
+            "duplicates_in_train": checks.count_duplicates([key(r) for r in splits["train"]]),
+            "overlap_train_test": checks.count_overlap(
+                [key(r) for r in splits["train"]], [key(r) for r in splits["test"]]
+            ),
+            "overlap_train_validation": checks.count_overlap(
+                [key(r) for r in splits["train"]], [key(r) for r in splits["validation"]]
+            ),
+            # Entities per type and split (shown as the class balance table of report.md).
+            "class_balance": {},
+        }
+        for name, records in splits.items():
+            counts: Counter[str] = Counter(kind for r in records for kind, _, _ in conll.bio_spans(r["tags"]))
+            report["class_balance"][name] = {kind: counts.get(kind, 0) for kind in types}
+        return report
+
+    def _to_dataset(self, records: list[dict[str, Any]]) -> Any:
+        from datasets import Dataset
+
+        index = {label: i for i, label in enumerate(self.labels or [])}
+        columns: dict[str, list[Any]] = {"tokens": [r["tokens"] for r in records]}
+        if records and "tags" in records[0]:
+            columns["tag_ids"] = [[index[t] for t in r["tags"]] for r in records]
+        return Dataset.from_dict(columns)
+
+    def read_labelled(self, path: str) -> Any:
+        records = self._normalise(self._read(path))
+        self._check_known(records)
+        return self._to_dataset(records)
+
+    def read_inputs(self, path: str) -> list[dict[str, Any]]:
+        """CoNLL or JSON(L) token lists -> {"tokens"}; a text file or CSV of raw texts -> {"text"}."""
+        fmt = self.cfg.data.format
+        file = Path(path)
+        if file.is_file() and conll.is_conll(file, fmt):
+            return [{"tokens": s.tokens} for s in conll.read_conll(path, need_tags=False)]
+        if fmt == "auto" and file.suffix.lower() in (".txt", ".text", ""):
+            if not file.is_file():
+                conll.read_conll(path)  # raises the file-not-found error
+            lines = [ln.strip() for ln in file.read_text(encoding="utf-8-sig").splitlines()]
+            texts = [{"text": ln} for ln in lines if ln]
+            if not texts:
+                raise LmtuneError(f"{path}: the file is empty", hint="one text per line")
+            return texts
+        table = read_table(path, fmt)
+        lowered = {c.lower() for c in table.columns}
+        if self.text_column in table.columns or lowered & set(conll.TOKEN_COLUMNS):
+            column = self.text_column if self.text_column in table.columns else None
+            sentences, _, _ = conll.read_records(path, fmt, column, None, need_tags=False)
+            return [{"tokens": s.tokens} for s in sentences]
+        column = checks.find_column(table, None, checks.TEXT_COLUMNS, "text", "data.text_column")
+        texts = [checks.text_value(table, i, column) for i in range(len(table))]
+        return [{"text": t} for t in texts if t is not None]
+
+    # ---- model ---------------------------------------------------------------------------------
+    def build_model(self, path: str, *, fresh_head: bool) -> Any:
+        from transformers import AutoConfig, AutoModelForTokenClassification
+
+        labels = self.labels or []
+        config = AutoConfig.from_pretrained(path, trust_remote_code=self.cfg.model.trust_remote_code)
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {label: i for i, label in enumerate(labels)}
+        apply_dropout(config, self.cfg.train.dropout)
+        if getattr(config, "pad_token_id", None) is None:
+            config.pad_token_id = getattr(config, "eos_token_id", None)
+            if isinstance(config.pad_token_id, list):
+                config.pad_token_id = config.pad_token_id[0]
+        return AutoModelForTokenClassification.from_pretrained(
+            path, config=config, trust_remote_code=self.cfg.model.trust_remote_code
+        )
+
+    def _windows(
+        self, tokenizer: Any, sentences: Sequence[Sequence[str]], tag_ids: Sequence[Sequence[int]] | None
+    ) -> tuple[list[dict[str, Any]], list[tuple[int, list[tuple[int, int, int]]]]]:
+        """Model features for whole-word windows, and for each: (sentence, [(position, word, centrality)])."""
+        max_length = self.cfg.data.max_length
+        budget = max(1, max_length - tokenizer.num_special_tokens_to_add(pair=False))
+        stride = self.options.stride
+        spans: list[tuple[int, int, int]] = []  # (sentence, first word, end word)
+        if sentences:
+            counts = tokenizer(
+                [list(s) for s in sentences], is_split_into_words=True, add_special_tokens=False
+            )
+        for n, words in enumerate(sentences):
+            cost = [0] * len(words)
+            for w in counts.word_ids(n):
+                if w is not None:
+                    cost[w] += 1
+            cost = [min(c, budget) for c in cost]
+            start = 0
+            while start < len(words):
+                end, total = start, 0
+                while end < len(words) and (total + cost[end] <= budget or end == start):
+                    total += cost[end]
+                    end += 1
+                spans.append((n, start, end))
+                if end >= len(words):
+                    break
+                start = max(end - stride, start + 1)
+        features: list[dict[str, Any]] = []
+        maps: list[tuple[int, list[tuple[int, int, int]]]] = []
+        if not spans:
+            return features, maps
+        enc = tokenizer(
+            [list(sentences[n][a:b]) for n, a, b in spans],
+            is_split_into_words=True,
+            truncation=True,
+            max_length=max_length,
+        )
+        for k, (n, a, _b) in enumerate(spans):
+            word_ids = enc.word_ids(k)
+            feature = {key: enc[key][k] for key in enc}
+            content = [p for p, w in enumerate(word_ids) if w is not None]
+            first, last = (content[0], content[-1]) if content else (0, 0)
+            labels = [-100] * len(word_ids)
+            firsts: list[tuple[int, int, int]] = []
+            previous = None
+            for p, w in enumerate(word_ids):
+                if w is not None and w != previous:
+                    labels[p] = tag_ids[n][a + w] if tag_ids is not None else -100
+                    firsts.append((p, a + w, min(p - first, last - p)))
+                previous = w
+            if tag_ids is not None:
+                feature["labels"] = labels
+            feature["length"] = len(word_ids)
+            features.append(feature)
+            maps.append((n, firsts))
+        return features, maps
+
+    def tokenize(self, dataset: Any, tokenizer: Any) -> Any:
+        from datasets import Dataset
+
+        if not getattr(tokenizer, "is_fast", False):
+            raise LmtuneError(
+                f"token classification needs a fast tokenizer (word_ids); {type(tokenizer).__name__} is not",
+                hint="choose a model that ships tokenizer.json",
+            )
+        tags = dataset["tag_ids"] if "tag_ids" in dataset.column_names else None
+        features, _ = self._windows(tokenizer, dataset["tokens"], tags)
+        columns = {key: [f[key] for f in features] for key in (features[0] if features else {})}
+        return Dataset.from_dict(columns)
+
+    def collator(self, tokenizer: Any) -> Any:
+        from transformers import DataCollatorForTokenClassification
+
+        return _DropLengthCollator(
+            DataCollatorForTokenClassification(
+                tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None
+            )
+        )
+
+    # ---- inference ------------------------------------------------------------------------------
+    def _predict_words(
+        self, model: Any, tokenizer: Any, sentences: Sequence[Sequence[str]], batch_size: int
+    ) -> list[list[tuple[int, float]]]:
+        """(label id, probability) per word; one forward per window, argmax per batch."""
+        features, maps = self._windows(tokenizer, sentences, None)
+        best: list[list[tuple[int, int, float]]] = [[(-1, -1, 1.0)] * len(s) for s in sentences]
+        device = model_device(model)
+        precision = resolve_precision(self.cfg.train.precision, device)
+        collate = self.collator(tokenizer)
+        model.eval()
+        with torch.inference_mode(), autocast_for(device, precision):
+            for index, batch in length_sorted_batches(features, collate, batch_size):
+                batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+                probs = torch.softmax(model(**batch).logits.float(), dim=-1)
+                top, arg = probs.max(dim=-1)
+                top, arg = top.cpu().numpy(), arg.cpu().numpy()
+                for row, k in enumerate(index):
+                    n, firsts = maps[k]
+                    for p, w, centrality in firsts:
+                        if centrality > best[n][w][0]:
+                            best[n][w] = (centrality, int(arg[row, p]), float(top[row, p]))
+        # Words with no sub-tokens (rare symbols the tokenizer drops) are predicted 'O'.
+        return [[(label, prob) for _, label, prob in words] for words in best]
+
+    def _tags(self, predicted: list[tuple[int, float]]) -> list[str]:
+        labels = self.labels or []
+        return [labels[i] if i >= 0 else "O" for i, _ in predicted]
+
+    # ---- metrics --------------------------------------------------------------------------------
+    def scores(self, gold: list[list[str]], pred: list[list[str]]) -> EvalResult:
+        """Entity-level (seqeval, conlleval rules) P/R/F1 micro and macro, per type; token accuracy."""
+        from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+
+        kwargs: dict[str, Any] = {"zero_division": 0}
+        metrics: dict[str, Any] = {
+            "f1": float(f1_score(gold, pred, average="micro", **kwargs)),
+            "precision": float(precision_score(gold, pred, average="micro", **kwargs)),
+            "recall": float(recall_score(gold, pred, average="micro", **kwargs)),
+            "accuracy": _token_accuracy(gold, pred),
+            "f1_macro": float(f1_score(gold, pred, average="macro", **kwargs)),
+            "precision_macro": float(precision_score(gold, pred, average="macro", **kwargs)),
+            "recall_macro": float(recall_score(gold, pred, average="macro", **kwargs)),
+            "n": len(gold),
+            "entities": sum(len(conll.bio_spans(g)) for g in gold),
+        }
+        report = classification_report(gold, pred, output_dict=True, **kwargs)
+        types = sorted({label[2:] for label in self.labels or [] if label != "O"})
+        per_type = {}
+        for kind in types:
+            row = report.get(kind, {})
+            per_type[kind] = {
+                "precision": float(row.get("precision", 0.0)),
+                "recall": float(row.get("recall", 0.0)),
+                "f1": float(row.get("f1-score", 0.0)),
+                "support": int(row.get("support", 0)),
+            }
+        confusions: Counter[tuple[str, str]] = Counter()
+        for g_tags, p_tags in zip(gold, pred, strict=True):
+            for g, p in zip(g_tags, p_tags, strict=True):
+                g_type, p_type = g[2:] if g != "O" else "O", p[2:] if p != "O" else "O"
+                if g_type != p_type:
+                    confusions[(g_type, p_type)] += 1
+        details = {
+            "per_type": per_type,
+            "confusions": [[g, p, n] for (g, p), n in confusions.most_common(10)],
+        }
+        return EvalResult(metrics=metrics, details=details)
+
+    def trainer_metrics(self) -> Any:
+        labels = self.labels or []
+
+        def compute(eval_pred: Any) -> dict[str, float]:
+            # Per window (a long sentence counts once per window); the final evaluation merges.
+            pred_ids = np.asarray(eval_pred.predictions).argmax(axis=-1)
+            gold, pred = [], []
+            for p_row, g_row in zip(pred_ids, eval_pred.label_ids, strict=True):
+                keep = g_row != -100
+                gold.append([labels[i] for i in g_row[keep]])
+                pred.append([labels[i] for i in p_row[keep]])
+            result = self.scores(gold, pred)
+            return {k: v for k, v in result.metrics.items() if k not in ("n", "entities")}
+
+        return compute
+
+    def evaluate(self, model: Any, tokenizer: Any, dataset: Any, batch_size: int) -> EvalResult:
+        labels = self.labels or []
+        sentences = dataset["tokens"]
+        predicted = self._predict_words(model, tokenizer, sentences, batch_size)
+        gold = [[labels[i] for i in ids] for ids in dataset["tag_ids"]]
+        return self.scores(gold, [self._tags(p) for p in predicted])
+
+    def predict(
+        self, model: Any, tokenizer: Any, inputs: list[dict[str, Any]], batch_size: int
+    ) -> list[dict[str, Any]]:
+        if not inputs:
+            return []
+        sentences: list[list[str]] = []
+        offsets: list[list[tuple[int, int]] | None] = []
+        for i, item in enumerate(inputs):
+            if isinstance(item.get("tokens"), list):
+                sentences.append([str(t) for t in item["tokens"]])
+                offsets.append(None)
+            elif isinstance(item.get("text"), str):
+                words = split_words(item["text"])
+                sentences.append([w for w, _, _ in words])
+                offsets.append([(a, b) for _, a, b in words])
+            else:
+                self.check_input(i, item)
+        predicted = self._predict_words(model, tokenizer, sentences, batch_size)
+        results: list[dict[str, Any]] = []
+        for item, words, spans, pred in zip(inputs, sentences, offsets, predicted, strict=True):
+            tags = self._tags(pred)
+            if spans is None:
+                results.append({"tokens": words, "tags": conll.from_bio(tags, self.scheme)})
+                continue
+            text = item["text"]
+            entities = []
+            for kind, a, b in conll.bio_spans(tags):
+                start, end = spans[a][0], spans[b - 1][1]
+                score = sum(p for _, p in pred[a:b]) / (b - a)
+                entities.append(
+                    {
+                        "type": kind,
+                        "text": text[start:end],
+                        "start": start,
+                        "end": end,
+                        "score": round(score, 6),
+                    }
+                )
+            results.append({"text": text, "entities": entities})
+        return results
+
+    def check_input(self, index: int, item: dict[str, Any]) -> None:
+        if not isinstance(item.get("text"), str) and not isinstance(item.get("tokens"), list):
+            raise LmtuneError(f"input {index + 1}: expected 'text' (a string) or 'tokens' (a list of words)")
+
+    # ---- report ---------------------------------------------------------------------------------
+    def report_sections(self, results: dict[str, EvalResult], run_dir: Path) -> list[str]:
+        lines: list[str] = []
+        for split, result in results.items():
+            lines.append(f"### Per-type results ({split})\n")
+            lines.append("| entity type | precision | recall | F1 | support |")
+            lines.append("|---|---:|---:|---:|---:|")
+            for kind, row in result.details["per_type"].items():
+                scores = " | ".join(f"{row[k]:.3f}" for k in ("precision", "recall", "f1"))
+                lines.append(f"| {kind} | {scores} | {row['support']} |")
+            lines.append("")
+            confusions = result.details.get("confusions") or []
+            if confusions:
+                lines.append(
+                    "Most common confusions (gold type -> predicted type, words): "
+                    + "; ".join(f"{g} -> {p}: {n}" for g, p, n in confusions[:5])
+                )
+                lines.append("")
+        return lines
+
+
+def _token_accuracy(gold: list[list[str]], pred: list[list[str]]) -> float:
+    total = sum(len(g) for g in gold)
+    right = sum(g == p for gs, ps in zip(gold, pred, strict=True) for g, p in zip(gs, ps, strict=True))
+    return right / total if total else 0.0
