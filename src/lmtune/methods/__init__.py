@@ -13,6 +13,14 @@ METHODS = Registry(
         "freeze": "lmtune.methods.freeze:FreezeMethod",
         "bitfit": "lmtune.methods.bitfit:BitFitMethod",
         "lora": "lmtune.methods.lora:LoraMethod",
+        "dora": "lmtune.methods.dora:DoraMethod",
+        "ia3": "lmtune.methods.ia3:Ia3Method",
+        "adalora": "lmtune.methods.adalora:AdaLoraMethod",
+        "prompt-tuning": "lmtune.methods.prompt_tuning:PromptTuningMethod",
+        "prefix-tuning": "lmtune.methods.prefix_tuning:PrefixTuningMethod",
+        "gradual-unfreeze": "lmtune.methods.gradual_unfreeze:GradualUnfreezeMethod",
+        "adapter-houlsby": "lmtune.methods.adapters:HoulsbyAdapterMethod",
+        "adapter-pfeiffer": "lmtune.methods.adapters:PfeifferAdapterMethod",
     },
 )
 

@@ -1,0 +1,354 @@
+"""The method zoo (dora, ia3, adalora, prompt/prefix tuning, gradual unfreezing, bottleneck
+adapters) on a 2-layer BERT: each trains what it promises (counted here independently of the
+method code), saves and reloads to identical predictions, and refuses what it cannot do
+with a one-line LmtuneError. The end-to-end runs on the packaged MiniLM (loss falls, accuracy,
+reload) are the parametrised `tests/methods/test_methods.py`, which covers every registered
+method, these included."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tests.conftest import fast_config
+
+import lmtune
+from lmtune.config import RunConfig
+from lmtune.errors import LmtuneError
+from lmtune.methods import METHODS, get_method_class
+from lmtune.methods.base import MethodContext, count_parameters
+from lmtune.tasks import get_task_class
+
+H, L, FFN, LABELS = 32, 2, 64, 2  # the tiny_bert fixture
+HEAD = H * LABELS + LABELS  # classifier
+POOLER = H * H + H
+LAYER_NORMS = (1 + 2 * L) * 2 * H  # embeddings + two per layer, weight and bias
+NEW = (
+    "dora",
+    "ia3",
+    "adalora",
+    "prompt-tuning",
+    "prefix-tuning",
+    "gradual-unfreeze",
+    "adapter-houlsby",
+    "adapter-pfeiffer",
+)
+TEXTS = ["the hotel was wonderful", "this book was dreadful", "our meal was fine I guess"]
+
+
+def layer_size(hidden: int, ffn: int) -> int:
+    attention = 4 * (hidden * hidden + hidden) + 2 * hidden  # q, k, v, out + LayerNorm
+    return attention + (hidden * ffn + ffn) + (ffn * hidden + hidden) + 2 * hidden
+
+
+def bottleneck(hidden: int, factor: int = 16) -> int:
+    b = hidden // factor
+    return hidden * b + b + b * hidden + hidden
+
+
+def promised(method: str, hidden: int, layers: int, ffn: int, epochs: int = 3) -> int:
+    """What each new method trains on BertForSequenceClassification (2 labels), by formula."""
+    head = hidden * LABELS + LABELS
+    pooler = hidden * hidden + hidden
+    norms = (1 + 2 * layers) * 2 * hidden
+    if method == "dora":  # r=8 LoRA on query+value, plus one magnitude per output feature
+        return layers * 2 * (8 * (hidden + hidden) + hidden) + head
+    if method == "ia3":  # key, value outputs; attention-out and FFN-out inputs (peft's bert map)
+        return layers * (hidden + hidden + hidden + ffn) + head
+    if method == "adalora":  # init_r=12 SVD triplets on query+value
+        return layers * 2 * (12 * hidden + hidden * 12 + 12) + head
+    if method == "prompt-tuning":  # 20 virtual token embeddings
+        return 20 * hidden + head
+    if method == "prefix-tuning":  # 20 keys and values in every layer
+        return 20 * 2 * layers * hidden + head
+    if method == "gradual-unfreeze":  # layers reached by the last epoch + pooler + classifier
+        return min(layers, epochs - 1) * layer_size(hidden, ffn) + pooler + head
+    if method == "adapter-houlsby":
+        return 2 * layers * bottleneck(hidden) + norms + pooler + head
+    if method == "adapter-pfeiffer":
+        return layers * bottleneck(hidden) + norms + pooler + head
+    raise AssertionError(method)
+
+
+def make_cfg(
+    model: str, files: dict[str, Path], out: Path, name: str, options: dict | None = None, **sections
+) -> RunConfig:
+    sections["method"] = {"name": name, **(options or {})}
+    return RunConfig.from_dict(fast_config(model, files, out, **sections))
+
+
+def build(model: str, files, tmp_path, name: str, total_steps: int = 24, options: dict | None = None):
+    """The task model with method `name` applied, without training."""
+    cfg = make_cfg(model, files, tmp_path / "unused", name, options)
+    raw = cfg.to_dict()
+    raw["data"]["labels"] = ["negative", "positive"]
+    cfg = RunConfig.from_dict(raw)
+    task = get_task_class("classification")(cfg)
+    torch.manual_seed(0)
+    base = task.build_model(model, fresh_head=True)
+    instance = get_method_class(name)(cfg.method.options)
+    return instance, instance.apply(base, MethodContext(task=task, total_steps=total_steps)), task
+
+
+def test_all_new_methods_registered():
+    for name in NEW:
+        assert name in METHODS.names()
+        cls = get_method_class(name)
+        assert cls.name == name and cls.description and cls.default_learning_rate > 0
+        assert cls.Options.model_config.get("extra") == "forbid"
+        with pytest.raises(ValueError):
+            cls.Options(not_an_option=1)
+
+
+@pytest.mark.parametrize("method", NEW)
+def test_trainable_count(method, tiny_bert, sentiment_files, tmp_path):
+    _, model, _ = build(tiny_bert, sentiment_files, tmp_path, method)
+    trainable, total = count_parameters(model)
+    assert trainable == promised(method, H, L, FFN)
+    assert trainable < total
+
+
+@pytest.mark.parametrize("method", NEW)
+def test_train_save_reload(method, tiny_bert, sentiment_files, tmp_path):
+    run = lmtune.train(make_cfg(tiny_bert, sentiment_files, tmp_path / method, method, train={"epochs": 2}))
+    assert run.metrics["train"]["trainable_params"] == promised(method, H, L, FFN, epochs=2)
+    log = [json.loads(x) for x in (run.directory / "train_log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in log if "loss" in r]
+    before = run.predict(TEXTS)
+    after = lmtune.load_run(run.directory).predict(TEXTS)
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_allclose(list(a["scores"].values()), list(b["scores"].values()), atol=1e-5)
+
+
+# ---- prompt and prefix tuning ------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["prompt-tuning", "prefix-tuning"])
+def test_prompt_learning_head_is_saved(method, tiny_bert, sentiment_files, tmp_path):
+    instance, model, _ = build(tiny_bert, sentiment_files, tmp_path, method)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("classifier.modules_to_save" in n for n in trainable)
+    instance.save(model, tmp_path / "saved")
+    from safetensors.torch import load_file
+
+    keys = set(load_file(str(tmp_path / "saved" / "adapter_model.safetensors")))
+    assert any("classifier" in k for k in keys), keys
+
+
+@pytest.mark.parametrize("method", ["prompt-tuning", "prefix-tuning"])
+@pytest.mark.parametrize("task_type", [None, "TOKEN_CLS"])
+def test_prompt_learning_refuses_unsupported_tasks(
+    method, task_type, tiny_bert, sentiment_files, tmp_path, monkeypatch
+):
+    cls = get_task_class("classification")
+    monkeypatch.setattr(cls, "peft_task_type", task_type)
+    with pytest.raises(LmtuneError, match=f"does not support task .*{task_type}"):
+        build(tiny_bert, sentiment_files, tmp_path, method)
+
+
+def test_prefix_tuning_changes_the_output(tiny_bert, sentiment_files, tmp_path):
+    """The prefix is really attended to by BERT (peft passes it as past_key_values)."""
+    _, model, _ = build(tiny_bert, sentiment_files, tmp_path, "prefix-tuning")
+    model.eval()
+    ids = torch.tensor([[101, 2023, 2338, 102]])
+    first = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    with torch.no_grad():
+        model.prompt_encoder["default"].embedding.weight.mul_(10).add_(1)
+    second = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert not torch.allclose(first, second)
+
+
+# ---- adalora -----------------------------------------------------------------------------------
+def test_adalora_too_few_steps(tiny_bert, sentiment_files, tmp_path):
+    with pytest.raises(LmtuneError, match="adalora needs more training steps"):
+        build(tiny_bert, sentiment_files, tmp_path, "adalora", options={"tinit": 10, "tfinal": 14})
+    with pytest.raises(LmtuneError, match="adalora needs the number of training steps"):
+        build(tiny_bert, sentiment_files, tmp_path, "adalora", total_steps=0)
+
+
+def test_adalora_orthogonal_penalty_reaches_the_loss(tiny_bert, sentiment_files, tmp_path):
+    _, model, _ = build(tiny_bert, sentiment_files, tmp_path, "adalora")
+    model.eval()
+    ids = torch.tensor([[101, 2023, 2338, 102]])
+    labels = torch.tensor([1])
+    with_reg = model(input_ids=ids, labels=labels)
+    plain = torch.nn.functional.cross_entropy(with_reg.logits, labels)
+    assert with_reg.loss.item() > plain.item() + 1e-4
+
+
+def test_adalora_allocates_ranks_during_training(tiny_bert, sentiment_files, tmp_path, monkeypatch):
+    from peft.tuners.adalora.model import AdaLoraModel
+
+    steps: list[int] = []
+    original = AdaLoraModel.update_and_allocate
+
+    def spy(self, global_step):
+        # called after the optimizer step and before zero_grad: lora gradients still exist
+        grads = [p.grad for n, p in self.model.named_parameters() if "lora_E" in n]
+        assert grads and all(g is not None for g in grads)
+        steps.append(global_step)
+        return original(self, global_step)
+
+    monkeypatch.setattr(AdaLoraModel, "update_and_allocate", spy)
+    # no evaluation, so no best checkpoint is reloaded: the final budget is what is saved
+    train = {"eval_strategy": "no", "save_strategy": "no"}
+    run = lmtune.train(make_cfg(tiny_bert, sentiment_files, tmp_path / "ada", "adalora", train=train))
+    total = run.metrics["train"]["steps"]
+    assert steps == list(range(total))
+    saved = json.loads((run.directory / "model" / "adapter_config.json").read_text())
+    assert saved["rank_pattern"], "the budget phase must have produced a rank pattern"
+    kept = sum(sum(mask) for mask in saved["rank_pattern"].values())
+    assert kept == 8 * len(saved["rank_pattern"])  # target_r on average
+
+
+# ---- gradual unfreezing ------------------------------------------------------------------------
+def test_gradual_unfreeze_schedule(tiny_bert, sentiment_files, tmp_path, monkeypatch):
+    """Layer 1 (top) trains from epoch 1, layer 0 from epoch 2; the head from the start."""
+    from transformers import TrainerCallback
+
+    from lmtune.methods.gradual_unfreeze import GradualUnfreezeMethod
+
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    class Snapshot(TrainerCallback):
+        def __init__(self, model):
+            self.model = model
+
+        def take(self):
+            m = self.model
+            snapshots.append(
+                {
+                    "layer0": m.bert.encoder.layer[0].attention.self.query.weight.detach().clone(),
+                    "layer1": m.bert.encoder.layer[1].attention.self.query.weight.detach().clone(),
+                    "head": m.classifier.weight.detach().clone(),
+                }
+            )
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.take()
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            self.take()
+
+    original_apply = GradualUnfreezeMethod.apply
+
+    def apply(self, model, ctx):
+        out = original_apply(self, model, ctx)
+        self._snapshot = Snapshot(out)
+        return out
+
+    original_callbacks = GradualUnfreezeMethod.callbacks
+    monkeypatch.setattr(GradualUnfreezeMethod, "apply", apply)
+    monkeypatch.setattr(
+        GradualUnfreezeMethod, "callbacks", lambda self: [*original_callbacks(self), self._snapshot]
+    )
+    cfg = make_cfg(
+        tiny_bert,
+        sentiment_files,
+        tmp_path / "gu",
+        "gradual-unfreeze",
+        train={"epochs": 3, "learning_rate": 1e-2, "early_stopping_patience": None},
+    )
+    lmtune.train(cfg)
+    assert len(snapshots) == 4  # start + after each of 3 epochs
+
+    def changed(key, epoch):  # did `key` change during `epoch` (0-based)?
+        return not torch.equal(snapshots[epoch][key], snapshots[epoch + 1][key])
+
+    assert [changed("head", e) for e in range(3)] == [True, True, True]
+    assert [changed("layer1", e) for e in range(3)] == [False, True, True]
+    assert [changed("layer0", e) for e in range(3)] == [False, False, True]
+
+
+# ---- bottleneck adapters -----------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["adapter-houlsby", "adapter-pfeiffer"])
+def test_adapters_start_as_the_base_model(method, tiny_bert, sentiment_files, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    _, adapted, _ = build(tiny_bert, sentiment_files, tmp_path, method)
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=LABELS)
+    base.classifier.load_state_dict(adapted.classifier.state_dict())
+    adapted.eval()
+    base.eval()
+    ids = torch.tensor([[101, 2023, 2338, 2001, 6919, 102]])
+    with torch.no_grad():
+        assert torch.equal(adapted(input_ids=ids).logits, base(input_ids=ids).logits)
+        # and the adapters are really on the path: a non-zero up-projection changes the output
+        for name, param in adapted.named_parameters():
+            if "bottleneck_adapter.up.weight" in name:
+                param.fill_(0.5)
+        assert not torch.equal(adapted(input_ids=ids).logits, base(input_ids=ids).logits)
+
+
+def test_adapter_placement(tiny_bert, sentiment_files, tmp_path):
+    _, houlsby, _ = build(tiny_bert, sentiment_files, tmp_path, "adapter-houlsby")
+    names = {n.rsplit(".bottleneck_adapter", 1)[0] for n, _ in houlsby.named_modules() if "adapter" in n}
+    assert names == {
+        f"bert.encoder.layer.{i}.{site}"
+        for i in range(L)
+        for site in ("attention.output.dropout", "output.dropout")
+    }
+    _, pfeiffer, _ = build(tiny_bert, sentiment_files, tmp_path, "adapter-pfeiffer")
+    names = {n.rsplit(".bottleneck_adapter", 1)[0] for n, _ in pfeiffer.named_modules() if "adapter" in n}
+    assert names == {f"bert.encoder.layer.{i}.output.dropout" for i in range(L)}
+
+
+def test_adapter_save_is_small_and_strict(tiny_bert, sentiment_files, tmp_path):
+    from safetensors.torch import load_file
+
+    instance, model, task = build(tiny_bert, sentiment_files, tmp_path, "adapter-pfeiffer")
+    instance.save(model, tmp_path / "saved")
+    state = load_file(str(tmp_path / "saved" / "adapter_model.safetensors"))
+    assert sum(t.numel() for t in state.values()) == promised("adapter-pfeiffer", H, L, FFN)
+    config = json.loads((tmp_path / "saved" / "adapter_config.json").read_text())
+    assert config["method"] == "adapter-pfeiffer" and config["options"]["reduction_factor"] == 16
+
+    def builder(path):
+        assert path is None
+        return task.build_model(tiny_bert, fresh_head=False)
+
+    loaded = instance.load(tmp_path / "saved", builder)
+    for name, tensor in state.items():
+        assert torch.equal(dict(loaded.named_parameters())[name], tensor)
+    houlsby = get_method_class("adapter-houlsby")(instance.options)
+    with pytest.raises(LmtuneError, match="holds a 'adapter-pfeiffer' adapter"):
+        houlsby.load(tmp_path / "saved", builder)
+
+
+# ---- a Llama-style decoder ---------------------------------------------------------------------
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        num_labels=LABELS,
+        pad_token_id=0,
+    )
+    return LlamaForSequenceClassification(config).eval()
+
+
+@pytest.mark.parametrize("method", ["adapter-houlsby", "adapter-pfeiffer"])
+def test_adapters_on_a_llama_decoder(method, tiny_bert, sentiment_files, tmp_path):
+    _, _, task = build(tiny_bert, sentiment_files, tmp_path, method)
+    base, adapted = tiny_llama(), tiny_llama()
+    instance = get_method_class(method)(get_method_class(method).Options())
+    instance.apply(adapted, MethodContext(task=task, total_steps=24))
+    sites = {n.rsplit(".bottleneck_adapter", 1)[0] for n, _ in adapted.named_modules() if "adapter" in n}
+    per_layer = ("self_attn.o_proj", "mlp.down_proj") if method == "adapter-houlsby" else ("mlp.down_proj",)
+    assert sites == {f"model.layers.{i}.{s}" for i in range(L) for s in per_layer}
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.equal(adapted(input_ids=ids).logits, base(input_ids=ids).logits)
+    trainable, _ = count_parameters(adapted)
+    norms = (1 + 2 * L) * H  # RMSNorm: weight only (final norm + two per layer)
+    score = H * LABELS  # no bias
+    assert trainable == len(per_layer) * L * bottleneck(H) + norms + score
