@@ -158,10 +158,6 @@ def train(cfg: RunConfig, *, overwrite: bool = False) -> Run:
     data = task.prepare_data()
     resolved = _resolve(cfg, task, method_cls)
 
-    out.mkdir(parents=True, exist_ok=True)
-    _write_state(out, cfg, "running")
-    write_text(out / "config.yaml", resolved.to_yaml())
-
     task = task_cls(resolved)
     tokenizer = _load_tokenizer(model_ref.path, resolved)
     tokenized = {name: task.tokenize(ds, tokenizer) for name, ds in data.splits.items()}
@@ -179,6 +175,11 @@ def train(cfg: RunConfig, *, overwrite: bool = False) -> Run:
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise LmtuneError(f"method '{method.name}' left no trainable parameters", hint="check its options")
+    # The run directory is claimed only once data, model and method are known to work, so a
+    # setup error leaves nothing behind that a corrected command would collide with.
+    out.mkdir(parents=True, exist_ok=True)
+    _write_state(out, cfg, "running")
+    write_text(out / "config.yaml", resolved.to_yaml())
 
     from lmtune.training.callbacks import JsonlLogCallback, NanGuardCallback
     from lmtune.training.trainer import build_trainer

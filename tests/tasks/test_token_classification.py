@@ -12,6 +12,7 @@ import pytest
 import lmtune
 from lmtune.config import RunConfig
 from lmtune.errors import LmtuneError
+from lmtune.methods import METHODS
 from lmtune.tasks import get_task_class
 from lmtune.tasks.token_classification import TokenClassificationTask, split_words
 
@@ -307,7 +308,7 @@ def test_chinese_character_level_end_to_end(tiny_bert, tmp_path):
     assert all(out["text"][e["start"] : e["end"]] == e["text"] for e in out["entities"])
 
 
-@pytest.mark.parametrize("method", ["full", "freeze", "bitfit", "lora"])
+@pytest.mark.parametrize("method", METHODS.names())
 def test_every_method_trains_token_classification(tiny_bert, ner_files, tmp_path, method):
     cfg = RunConfig.from_dict(
         ner_config(
@@ -315,9 +316,14 @@ def test_every_method_trains_token_classification(tiny_bert, ner_files, tmp_path
             ner_files,
             tmp_path / "run",
             method=method,
-            train={"max_steps": 3, "eval_strategy": "no", "save_strategy": "no"},
+            train={"max_steps": 10, "eval_strategy": "no", "save_strategy": "no"},
         )
     )
+    if method in ("prompt-tuning", "prefix-tuning"):  # virtual tokens have no per-token outputs
+        with pytest.raises(LmtuneError, match="does not support task 'token-classification'"):
+            lmtune.train(cfg)
+        assert not (tmp_path / "run").exists(), "a setup error leaves no run directory behind"
+        return
     run = lmtune.train(cfg)
     assert 0 < run.metrics["train"]["trainable_params"] <= run.metrics["train"]["total_params"]
     assert np.isfinite(run.metrics["train"]["final_train_loss"])
