@@ -147,3 +147,16 @@ def test_listings(capsys, monkeypatch):
     assert code == 0 and all(name in stdout for name in ("full", "freeze", "bitfit", "lora"))
     code, stdout, _ = run_cli(["tasks"], capsys, monkeypatch)
     assert code == 0 and "classification" in stdout
+
+
+def test_unknown_predict_option_is_one_line(tiny_bert, sentiment_files, tmp_path, capsys, monkeypatch):
+    from lmtune.config import RunConfig
+    from lmtune.run import train
+    from tests.conftest import fast_config
+
+    out = tmp_path / "run"
+    train(RunConfig.from_dict(fast_config(tiny_bert, sentiment_files, out, train={"epochs": 1})))
+    code, _, stderr = run_cli(
+        ["predict", str(out), "--text", "hi", "--option", "beams=4"], capsys, monkeypatch
+    )
+    assert code == 2 and "predict option 'beams': unknown option" in stderr

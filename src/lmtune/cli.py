@@ -134,8 +134,12 @@ def predict(
     text: Annotated[list[str] | None, typer.Option(help="Text to predict (repeatable).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="JSONL file to write.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Inference batch size.")] = None,
+    option: Annotated[
+        list[str] | None, typer.Option(help="Task prediction option, e.g. --option max_new_tokens=64.")
+    ] = None,
 ) -> None:
-    """Predict with a finished run; writes JSONL ({"text", "label", "scores"} per row)."""
+    """Predict with a finished run; writes JSONL (task-shaped rows, e.g. {"text", "label", "scores"})."""
+    from lmtune.config import parse_override
     from lmtune.io import write_jsonl
     from lmtune.run import load_run
 
@@ -145,9 +149,14 @@ def predict(
         raise LmtuneError("give either --input or --text, not both")
     _quiet_libraries()
     run = load_run(run_dir)
-    rows = (
-        run.predict_file(input_file, batch_size) if input_file else run.predict(list(text or []), batch_size)
-    )
+    options = {}
+    for item in option or []:
+        parts, value = parse_override(item)
+        options[".".join(parts)] = value
+    if input_file:
+        rows = run.predict_file(input_file, batch_size, options)
+    else:
+        rows = run.predict(list(text or []), batch_size, options)
     if output:
         write_jsonl(output, rows)
         err_console.print(f"{len(rows)} predictions written to {output}")

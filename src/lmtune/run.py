@@ -170,6 +170,8 @@ def train(cfg: RunConfig, *, overwrite: bool = False) -> Run:
     t = resolved.train
     steps_per_epoch = math.ceil(len(tokenized["train"]) / (t.batch_size * t.gradient_accumulation_steps))
     total_steps = t.max_steps or math.ceil(steps_per_epoch * t.epochs)
+    batch = t.eval_batch_size or t.batch_size * 2
+    baseline = task.baseline(model, tokenizer, data.splits, batch)
     method = method_cls(resolved.method.options)
     model = method.apply(model, MethodContext(task=task, total_steps=total_steps))
     trainable, total = count_parameters(model)
@@ -220,7 +222,6 @@ def train(cfg: RunConfig, *, overwrite: bool = False) -> Run:
             },
         )
 
-    batch = t.eval_batch_size or t.batch_size * 2
     results = {
         split: task.evaluate(model, tokenizer, data.splits[split], batch)
         for split in ("validation", "test")
@@ -243,6 +244,8 @@ def train(cfg: RunConfig, *, overwrite: bool = False) -> Run:
         "best_checkpoint_metric": trainer.state.best_metric,
         "resumed_from": Path(resume_from).name if resume_from else None,
     }
+    if baseline is not None:
+        metrics["baseline"] = baseline
     metrics["details"] = {split: r.details for split, r in results.items()}
     metrics["data"] = data.report
     write_json(out / "metrics.json", metrics)
@@ -319,19 +322,29 @@ class Run:
         return self.config.train.eval_batch_size or self.config.train.batch_size * 2
 
     def predict(
-        self, texts: str | list[str] | list[dict[str, Any]], batch_size: int | None = None
+        self,
+        texts: str | list[str] | list[dict[str, Any]],
+        batch_size: int | None = None,
+        options: dict[str, Any] | None = None,
     ) -> list[dict]:
-        """Predictions for texts (or input records such as {"text", "text_pair"})."""
+        """Predictions for texts (or input records such as {"text", "text_pair"}).
+
+        `options` are the task's prediction options, e.g. generation settings for generative tasks.
+        """
         if isinstance(texts, str):
             texts = [texts]
         inputs = [t if isinstance(t, dict) else {"text": t} for t in texts]
         for i, item in enumerate(inputs):
             self.task.check_input(i, item)
-        return self.task.predict(self.model, self.tokenizer, inputs, batch_size or self.batch_size)
+        opts = self.task.predict_options(options)
+        return self.task.predict(self.model, self.tokenizer, inputs, batch_size or self.batch_size, opts)
 
-    def predict_file(self, path: str | Path, batch_size: int | None = None) -> list[dict]:
+    def predict_file(
+        self, path: str | Path, batch_size: int | None = None, options: dict[str, Any] | None = None
+    ) -> list[dict]:
         inputs = self.task.read_inputs(str(path))
-        return self.task.predict(self.model, self.tokenizer, inputs, batch_size or self.batch_size)
+        opts = self.task.predict_options(options)
+        return self.task.predict(self.model, self.tokenizer, inputs, batch_size or self.batch_size, opts)
 
     def evaluate(self, path: str | Path, batch_size: int | None = None) -> dict[str, Any]:
         dataset = self.task.read_labelled(str(path))

@@ -50,6 +50,7 @@ class Task:
     name: ClassVar[str]
     description: ClassVar[str]
     Options: ClassVar[type[BaseModel]] = NoTaskOptions
+    PredictOptions: ClassVar[type[BaseModel]] = NoTaskOptions
     peft_task_type: ClassVar[str | None] = None
     # Parameter-name parts that make up the task head (kept trainable by freeze/bitfit/...).
     head_names: ClassVar[tuple[str, ...]] = ()
@@ -103,9 +104,36 @@ class Task:
         raise NotImplementedError
 
     def predict(
-        self, model: nn.Module, tokenizer: Any, inputs: list[dict[str, Any]], batch_size: int
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        inputs: list[dict[str, Any]],
+        batch_size: int,
+        options: BaseModel | None = None,
     ) -> list[dict[str, Any]]:
+        """Task-shaped predictions; `options` is a validated `PredictOptions` (e.g. generation)."""
         raise NotImplementedError
+
+    def predict_options(self, raw: dict[str, Any] | None) -> BaseModel:
+        """Validate per-call prediction options (`lmtune predict --option k=v`, server requests)."""
+        from pydantic import ValidationError
+
+        try:
+            return self.PredictOptions(**(raw or {}))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            valid = ", ".join(self.PredictOptions.model_fields) or "none"
+            msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
+            raise LmtuneError(
+                f"predict option '{key}': {msg}", hint=f"options of task '{self.name}': {valid}"
+            ) from None
+
+    def baseline(
+        self, model: nn.Module, tokenizer: Any, splits: dict[str, Dataset], batch_size: int
+    ) -> dict[str, Any] | None:
+        """Metrics of the untuned model, measured before the method is applied (None: skip)."""
+        return None
 
     def report_sections(self, results: dict[str, EvalResult], run_dir: Path) -> list[str]:
         """Markdown sections (and plots written into run_dir) for report.md."""

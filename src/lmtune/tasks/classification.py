@@ -400,7 +400,12 @@ class ClassificationTask(Task):
         return self.scores(gold, probs)
 
     def predict(
-        self, model: Any, tokenizer: Any, inputs: list[dict[str, Any]], batch_size: int
+        self,
+        model: Any,
+        tokenizer: Any,
+        inputs: list[dict[str, Any]],
+        batch_size: int,
+        options: Any = None,
     ) -> list[dict]:
         from datasets import Dataset
 

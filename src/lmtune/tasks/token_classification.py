@@ -415,7 +415,12 @@ class TokenClassificationTask(Task):
         return self.scores(gold, [self._tags(p) for p in predicted])
 
     def predict(
-        self, model: Any, tokenizer: Any, inputs: list[dict[str, Any]], batch_size: int
+        self,
+        model: Any,
+        tokenizer: Any,
+        inputs: list[dict[str, Any]],
+        batch_size: int,
+        options: Any = None,
     ) -> list[dict[str, Any]]:
         if not inputs:
             return []
