@@ -9,8 +9,9 @@ TORCH_CPU := torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+DATA_DIR ?= ../shared/data
 
-.PHONY: setup demo test test-fast lint format clean
+.PHONY: setup demo test test-fast lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -39,6 +40,10 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff check --fix src tests
 	$(VENV)/bin/ruff format src tests
+
+# Side-by-side speed/memory/quality against the tutorial loop and Trainer+peft (needs ../shared/data).
+bench: setup
+	$(PY) benchmarks/run.py --data-dir $(DATA_DIR)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

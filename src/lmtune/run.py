@@ -235,6 +235,9 @@ def train(cfg: RunConfig, *, overwrite: bool = False) -> Run:
         if runtime > 0 and resume_from is None
         else round(result.metrics.get("train_samples_per_second", 0.0), 3),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "tokens_per_second": round(trainer.real_tokens / runtime, 1) if runtime > 0 else 0.0,
+        "padded_tokens_per_second": round(trainer.padded_tokens / runtime, 1) if runtime > 0 else 0.0,
+        "padding_ratio": round(1 - trainer.real_tokens / max(trainer.padded_tokens, 1), 4),
         "trainable_params": trainable,
         "total_params": total,
         "trainable_percent": round(100 * trainable / total, 4) if total else 0.0,

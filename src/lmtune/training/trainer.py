@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import Trainer
 
 from lmtune.config import RunConfig
 from lmtune.tasks.base import resolve_precision
@@ -74,6 +75,22 @@ def training_arguments(cfg: RunConfig, output_dir: Path, metric: str, greater_is
     )
 
 
+class LmtuneTrainer(Trainer):
+    """Trainer that also counts the real and padded tokens it trains on (for tokens/s figures)."""
+
+    real_tokens = 0
+    padded_tokens = 0
+
+    def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        ids = inputs.get("input_ids")
+        if isinstance(ids, torch.Tensor):
+            mask = inputs.get("attention_mask")
+            real = int(mask.sum()) if isinstance(mask, torch.Tensor) and mask.dim() == 2 else ids.numel()
+            self.real_tokens += real
+            self.padded_tokens += ids.numel()
+        return super().training_step(model, inputs, *args, **kwargs)
+
+
 def build_trainer(
     cfg: RunConfig,
     output_dir: Path,
@@ -84,7 +101,7 @@ def build_trainer(
     eval_dataset: Any,
     extra_callbacks: list[Any],
 ) -> Any:
-    from transformers import EarlyStoppingCallback, Trainer
+    from transformers import EarlyStoppingCallback
 
     metric = cfg.train.metric_for_best_model or task.default_metric
     greater = task.greater_is_better if metric == task.default_metric else not metric.endswith("loss")
@@ -97,7 +114,7 @@ def build_trainer(
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(output_dir / "tensorboard"))))
     if args.load_best_model_at_end and cfg.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    return Trainer(
+    return LmtuneTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,

@@ -1,0 +1,428 @@
+"""Side-by-side training speed, memory and quality: lmtune vs the stacks users would otherwise run.
+
+For each suite the same model, data, hyperparameters and number of steps go through:
+  tutorial  the classic loop: tokenize with padding="max_length", shuffled batches, plain AdamW
+  trainer   Hugging Face Trainer (+ peft for LoRA) with its defaults and DataCollatorWithPadding
+  lmtune    lmtune.train() with its defaults
+Variants run interleaved (A, B, C, A, B, C ...), each in a fresh subprocess so that peak RSS
+is its own. Reported: samples/s, real and padded tokens/s, peak RSS, MFU against a GEMM
+peak measured in the same run, and test accuracy after the run; median/min/max over repeats.
+
+    python benchmarks/run.py --data-dir ../shared/data [--suites cls-lora,cls-full] [--repeats 3]
+
+Writes runs/bench/results.json and runs/bench/results.md (and prints the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SUITES: dict[str, dict[str, Any]] = {
+    "cls-lora": {"method": "lora", "learning_rate": 1e-3, "steps": 60},
+    "cls-full": {"method": "full", "learning_rate": 5e-5, "steps": 40},
+}
+VARIANTS = ("tutorial", "trainer", "lmtune")
+BATCH, MAX_LENGTH, SEED = 16, 128, 0
+LORA = {"r": 8, "alpha": 16, "dropout": 0.1, "targets": ["query", "value"]}
+
+
+# ---- data --------------------------------------------------------------------------------------
+def read_sst2(path: Path) -> list[tuple[str, int]]:
+    with open(path, encoding="utf-8") as fh:
+        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+        next(reader)
+        return [(row[0], int(row[1])) for row in reader if len(row) == 2]
+
+
+def prepare_data(data_dir: Path, work: Path, n_train: int) -> dict[str, Path]:
+    """A seeded SST-2 training subset and the 872-row test set, as CSV files every variant reads."""
+    train = read_sst2(data_dir / "sst2" / "train.tsv")
+    random.Random(SEED).shuffle(train)
+    test = read_sst2(data_dir / "sst2" / "test.tsv")
+    files = {}
+    for name, rows in (("train", train[:n_train]), ("test", test)):
+        files[name] = work / f"{name}.csv"
+        with open(files[name], "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["text", "label"])
+            writer.writerows(rows)
+    return files
+
+
+def read_csv(path: Path) -> tuple[list[str], list[int]]:
+    with open(path, encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return [r["text"] for r in rows], [int(r["label"]) for r in rows]
+
+
+# ---- shared pieces for the baselines ------------------------------------------------------------
+def minilm() -> str:
+    from lmtune.models import resolve_model
+
+    return resolve_model("all-MiniLM-L6-v2").path
+
+
+def baseline_model(method: str) -> Any:
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(minilm(), num_labels=2)
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            task_type="SEQ_CLS",
+            r=LORA["r"],
+            lora_alpha=LORA["alpha"],
+            lora_dropout=LORA["dropout"],
+            target_modules=LORA["targets"],
+        )
+        model = get_peft_model(model, config)
+    return model
+
+
+def accuracy(model: Any, tokenizer: Any, texts: list[str], labels: list[int]) -> float:
+    """The same evaluation for every variant: sorted by length, dynamic padding, batch 64."""
+    import torch
+
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    correct = 0
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), 64):
+            idx = order[start : start + 64]
+            enc = tokenizer(
+                [texts[i] for i in idx],
+                truncation=True,
+                max_length=MAX_LENGTH,
+                padding=True,
+                return_tensors="pt",
+            )
+            pred = model(**enc).logits.argmax(-1)
+            correct += int((pred == torch.tensor([labels[i] for i in idx])).sum())
+    return correct / len(texts)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---- the three variants (each runs in its own subprocess) ------------------------------------------
+def run_tutorial(suite: dict, files: dict[str, Path]) -> dict[str, Any]:
+    import torch
+    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+
+    torch.manual_seed(SEED)
+    tokenizer = AutoTokenizer.from_pretrained(minilm())
+    texts, labels = read_csv(files["train"])
+    enc = tokenizer(texts, truncation=True, max_length=MAX_LENGTH, padding="max_length", return_tensors="pt")
+    dataset = torch.utils.data.TensorDataset(
+        enc["input_ids"], enc["attention_mask"], enc["token_type_ids"], torch.tensor(labels)
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(SEED)
+    )
+    model = baseline_model(suite["method"])
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=suite["learning_rate"], weight_decay=0.01)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(0.06 * suite["steps"]), suite["steps"])
+    model.train()
+    real = padded = steps = 0
+    started = time.perf_counter()
+    while steps < suite["steps"]:
+        for ids, mask, types, y in loader:
+            loss = model(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=y).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            real += int(mask.sum())
+            padded += ids.numel()
+            steps += 1
+            if steps == suite["steps"]:
+                break
+    runtime = time.perf_counter() - started
+    test_texts, test_labels = read_csv(files["test"])
+    return {
+        "runtime_s": runtime,
+        "samples": steps * BATCH,
+        "real_tokens": real,
+        "padded_tokens": padded,
+        "accuracy": accuracy(model, tokenizer, test_texts, test_labels),
+        "peak_rss_mb": peak_rss_mb(),
+        "params": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in params),
+    }
+
+
+def run_trainer(suite: dict, files: dict[str, Path]) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+
+    torch.manual_seed(SEED)
+    tokenizer = AutoTokenizer.from_pretrained(minilm())
+    texts, labels = read_csv(files["train"])
+    dataset = Dataset.from_dict({"text": texts, "label": labels}).map(
+        lambda b: tokenizer(b["text"], truncation=True, max_length=MAX_LENGTH),
+        batched=True,
+        remove_columns=["text"],
+    )
+    counts = {"real": 0, "padded": 0}
+    pad = DataCollatorWithPadding(tokenizer)
+
+    def collate(features: list[dict]) -> dict:
+        batch = pad(features)
+        counts["real"] += int(batch["attention_mask"].sum())
+        counts["padded"] += batch["input_ids"].numel()
+        return batch
+
+    model = baseline_model(suite["method"])
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out,
+            per_device_train_batch_size=BATCH,
+            max_steps=suite["steps"],
+            learning_rate=suite["learning_rate"],
+            weight_decay=0.01,
+            warmup_steps=0.06,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1000,
+            seed=SEED,
+            disable_tqdm=True,
+            dataloader_pin_memory=False,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate)
+        started = time.perf_counter()
+        trainer.train()
+        runtime = time.perf_counter() - started
+    test_texts, test_labels = read_csv(files["test"])
+    return {
+        "runtime_s": runtime,
+        "samples": suite["steps"] * BATCH,
+        "real_tokens": counts["real"],
+        "padded_tokens": counts["padded"],
+        "accuracy": accuracy(model, tokenizer, test_texts, test_labels),
+        "peak_rss_mb": peak_rss_mb(),
+        "params": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+
+
+def run_lmtune(suite: dict, files: dict[str, Path]) -> dict[str, Any]:
+    import lmtune
+
+    with tempfile.TemporaryDirectory() as out:
+        run = lmtune.train(
+            {
+                "model": "all-MiniLM-L6-v2",
+                "method": {"name": suite["method"]}
+                | ({"r": LORA["r"], "alpha": LORA["alpha"]} if suite["method"] == "lora" else {}),
+                "data": {
+                    "train": str(files["train"]),
+                    "validation": str(files["test"]),
+                    "test": str(files["test"]),
+                    "max_length": MAX_LENGTH,
+                },
+                "train": {
+                    "max_steps": suite["steps"],
+                    "batch_size": BATCH,
+                    "learning_rate": suite["learning_rate"],
+                    "seed": SEED,
+                    "report_to": ["none"],
+                },
+                "output_dir": str(Path(out) / "run"),
+            }
+        )
+        t = run.metrics["train"]
+        test_texts, test_labels = read_csv(files["test"])
+        acc = accuracy(run.model, run.tokenizer, test_texts, test_labels)
+    return {
+        "runtime_s": t["runtime_s"],
+        "samples": suite["steps"] * BATCH,
+        "real_tokens": t["tokens_per_second"] * t["runtime_s"],
+        "padded_tokens": t["padded_tokens_per_second"] * t["runtime_s"],
+        "accuracy": acc,
+        "peak_rss_mb": peak_rss_mb(),
+        "params": t["total_params"],
+        "trainable": t["trainable_params"],
+    }
+
+
+RUNNERS = {"tutorial": run_tutorial, "trainer": run_trainer, "lmtune": run_lmtune}
+
+
+# ---- measurement ---------------------------------------------------------------------------------
+def gemm_peak_gflops(dtype_name: str = "float32", seconds: float = 2.0) -> float:
+    """Sustained matmul throughput on this machine (the denominator of MFU)."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a = torch.randn(1024, 1024, dtype=dtype)
+    b = torch.randn(1024, 1024, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        count += 1
+    return 2 * 1024**3 * count / (time.perf_counter() - started) / 1e9
+
+
+def flops_per_token(result: dict[str, Any]) -> float:
+    """Forward 2N; backward 2N for activation gradients plus 2N for weight gradients when the body trains."""
+    params = result["params"]
+    full = result["trainable"] > 0.5 * params
+    return (6 if full else 4) * params
+
+
+def summarise(results: list[dict[str, Any]], peak: float) -> dict[str, Any]:
+    def stats(values: list[float]) -> dict[str, float]:
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+    return {
+        "samples_per_s": stats([r["samples"] / r["runtime_s"] for r in results]),
+        "real_tokens_per_s": stats([r["real_tokens"] / r["runtime_s"] for r in results]),
+        "padded_tokens_per_s": stats([r["padded_tokens"] / r["runtime_s"] for r in results]),
+        "peak_rss_mb": stats([r["peak_rss_mb"] for r in results]),
+        "mfu": stats(
+            [flops_per_token(r) * r["real_tokens"] / r["runtime_s"] / (peak * 1e9) for r in results]
+        ),
+        "accuracy": stats([r["accuracy"] for r in results]),
+        "trainable": results[0]["trainable"],
+    }
+
+
+def worker(args: argparse.Namespace) -> int:
+    suite = SUITES[args.suite]
+    files = {"train": Path(args.train_file), "test": Path(args.test_file)}
+    result = RUNNERS[args.worker](suite, files)
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="lmtune training benchmarks")
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--suites", default=",".join(SUITES))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--output-dir", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--suite", help=argparse.SUPPRESS)
+    parser.add_argument("--train-file", help=argparse.SUPPRESS)
+    parser.add_argument("--test-file", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+    if not (args.data_dir / "sst2" / "train.tsv").exists():
+        print(f"skipped: {args.data_dir}/sst2 not found (pass --data-dir pointing at the shared data)")
+        return 0
+
+    peak32, peak16 = gemm_peak_gflops("float32"), gemm_peak_gflops("bfloat16")
+    suites = args.suites.split(",")
+    variants = args.variants.split(",")
+    work = Path(tempfile.mkdtemp(prefix="lmtune-bench-"))
+    files = prepare_data(args.data_dir, work, max(SUITES[s]["steps"] for s in suites) * BATCH)
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {s: {v: [] for v in variants} for s in suites}
+    for suite in suites:
+        for repeat in range(args.repeats):
+            for variant in variants:  # interleaved, so drift in machine load hits every variant alike
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    variant,
+                    "--suite",
+                    suite,
+                    "--train-file",
+                    str(files["train"]),
+                    "--test-file",
+                    str(files["test"]),
+                ]
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+                if proc.returncode != 0 or line is None:
+                    print(proc.stderr[-3000:], file=sys.stderr)
+                    raise SystemExit(f"{suite}/{variant} failed (exit {proc.returncode})")
+                raw[suite][variant].append(json.loads(line.removeprefix("RESULT ")))
+                r = raw[suite][variant][-1]
+                print(
+                    f"{suite} {variant} #{repeat + 1}: {r['samples'] / r['runtime_s']:.1f} samples/s, "
+                    f"acc {r['accuracy']:.3f}, rss {r['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
+
+    summary = {s: {v: summarise(raw[s][v], peak32) for v in variants} for s in suites}
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+    lines = [
+        f"# lmtune benchmark ({datetime.now(timezone.utc):%Y-%m-%d}, {machine})",
+        "",
+        f"GEMM peak measured in this run: {peak32:.0f} GFLOP/s fp32, {peak16:.0f} GFLOP/s bf16. "
+        f"MiniLM-L6 on SST-2, batch {BATCH}, max_length {MAX_LENGTH}, {args.repeats} repeats "
+        "(median [min-max]); MFU counts real (non-pad) tokens against the fp32 peak.",
+        "",
+    ]
+    for suite in suites:
+        base = summary[suite]
+        lines += [
+            f"## {suite} ({SUITES[suite]['steps']} steps)",
+            "",
+            "| variant | samples/s | real tok/s | padded tok/s | MFU | peak RSS MB | test acc | vs tutorial "
+            "| vs trainer |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for v in variants:
+            s = base[v]
+            sps = s["samples_per_s"]
+            ratio = {
+                b: sps["median"] / base[b]["samples_per_s"]["median"]
+                for b in ("tutorial", "trainer")
+                if b in base
+            }
+            lines.append(
+                f"| {v} | {sps['median']:.1f} [{sps['min']:.1f}-{sps['max']:.1f}] "
+                f"| {s['real_tokens_per_s']['median']:.0f} | {s['padded_tokens_per_s']['median']:.0f} "
+                f"| {s['mfu']['median']:.2f} | {s['peak_rss_mb']['median']:.0f} "
+                f"| {s['accuracy']['median']:.3f} "
+                f"| {ratio.get('tutorial', float('nan')):.2f}x | {ratio.get('trainer', float('nan')):.2f}x |"
+            )
+        lines.append("")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "results.json").write_text(
+        json.dumps(
+            {
+                "machine": machine,
+                "gemm_gflops": {"fp32": peak32, "bf16": peak16},
+                "summary": summary,
+                "raw": raw,
+            },
+            indent=2,
+        )
+    )
+    (args.output_dir / "results.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
