@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests must not fill the user's tokenization cache (converted models stay in the shared cache).
+os.environ.setdefault("LMTUNE_TOKENIZED_CACHE", tempfile.mkdtemp(prefix="lmtune-test-tokenized-"))
 
 POSITIVE = ["great", "excellent", "wonderful", "fantastic", "lovely", "superb", "brilliant", "delightful"]
 NEGATIVE = ["awful", "terrible", "horrible", "dreadful", "bad", "poor", "disappointing", "boring"]

@@ -153,6 +153,10 @@ class DataConfig(_Strict):
     validation_split: float = Field(default=0.1, gt=0, lt=0.5, description="Share of train held out.")
     test_split: float = Field(default=0.1, gt=0, lt=0.5, description="Share of train held out for test.")
     drop_duplicates: bool = Field(default=False, description="Drop exact duplicate rows from train.")
+    cache_tokenized: bool = Field(
+        default=True,
+        description="Cache tokenized splits on disk ($LMTUNE_CACHE/tokenized); reruns skip tokenizing.",
+    )
     max_train_samples: int | None = Field(
         default=None, ge=1, description="Train on a seeded random subset of this size (quick experiments)."
     )
@@ -192,6 +196,10 @@ class TrainConfig(_Strict):
         default=2, ge=1, description="Checkpoints kept (best and newest never dropped)."
     )
     keep_checkpoints: bool = Field(default=False, description="Keep checkpoint-*/ after a successful run.")
+    on_nan: Literal["stop", "skip"] = Field(
+        default="stop",
+        description="On a NaN/inf gradient: stop (keeping the last good checkpoint) or skip that step.",
+    )
     logging_steps: int = Field(default=10, ge=1)
     num_workers: int = Field(default=0, ge=0, description="Data-loader worker processes.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(

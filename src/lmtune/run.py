@@ -100,14 +100,12 @@ def _write_state(out: Path, cfg: RunConfig, status: str, **extra: Any) -> None:
     write_json(out / STATE_FILE, state)
 
 
-def last_checkpoint(out: Path) -> str | None:
-    """The newest checkpoint directory that finished writing (has trainer_state.json)."""
-    candidates = []
-    for path in out.glob("checkpoint-*"):
-        suffix = path.name.removeprefix("checkpoint-")
-        if path.is_dir() and suffix.isdigit() and (path / "trainer_state.json").exists():
-            candidates.append((int(suffix), path))
-    return str(max(candidates)[1]) if candidates else None
+def last_checkpoint(out: Path, cfg: RunConfig | None = None) -> str | None:
+    """The newest checkpoint that was sealed after writing and still matches its checksums."""
+    from lmtune.training.checkpoints import newest_usable
+
+    path = newest_usable(out, fingerprint(cfg) if cfg is not None else None)
+    return str(path) if path else None
 
 
 # ---- training -----------------------------------------------------------------------------------
@@ -160,9 +158,25 @@ def train(cfg: RunConfig, *, overwrite: bool = False) -> Run:
 
     task = task_cls(resolved)
     tokenizer = _load_tokenizer(model_ref.path, resolved)
-    tokenized = {name: task.tokenize(ds, tokenizer) for name, ds in data.splits.items()}
-    data.report["truncated_train"] = sum(
-        1 for n in tokenized["train"]["length"] if n >= resolved.data.max_length
+    tokenized = {}
+    if resolved.data.cache_tokenized:
+        from lmtune.data.cache import cached_tokenize, tokenizer_digest
+
+        tokenizer_id = tokenizer_digest(tokenizer)
+        hits = []
+        for name, ds in data.splits.items():
+            tokenized[name], hit = cached_tokenize(task, ds, tokenizer, tokenizer_id)
+            if hit:
+                hits.append(name)
+        data.report["tokenization_cache_hits"] = hits
+    else:
+        tokenized = {name: task.tokenize(ds, tokenizer) for name, ds in data.splits.items()}
+    train_set = tokenized["train"]
+    # A task whose rows can fill max_length without truncation (packing) says which were truncated.
+    data.report["truncated_train"] = (
+        sum(train_set["truncated"])
+        if "truncated" in train_set.column_names
+        else sum(1 for n in train_set["length"] if n >= resolved.data.max_length)
     )
 
     set_seed(resolved.train.seed)
@@ -184,9 +198,11 @@ def train(cfg: RunConfig, *, overwrite: bool = False) -> Run:
     write_text(out / "config.yaml", resolved.to_yaml())
 
     from lmtune.training.callbacks import JsonlLogCallback, NanGuardCallback
+    from lmtune.training.checkpoints import CheckpointSealCallback, remove_unusable
     from lmtune.training.trainer import build_trainer
 
-    nan_guard = NanGuardCallback()
+    nan_guard = NanGuardCallback(t.on_nan)
+    sealer = CheckpointSealCallback(t.save_total_limit, fingerprint(cfg))
     trainer = build_trainer(
         resolved,
         out,
@@ -195,16 +211,21 @@ def train(cfg: RunConfig, *, overwrite: bool = False) -> Run:
         task,
         tokenized["train"],
         tokenized["validation"],
-        [JsonlLogCallback(out / "train_log.jsonl"), nan_guard, *method.callbacks()],
+        [JsonlLogCallback(out / "train_log.jsonl"), nan_guard, sealer, *method.callbacks()],
     )
-    resume_from = last_checkpoint(out) if status == "resume" else None
+    # A kill can leave a half-written checkpoint; only sealed, intact ones are resumed from.
+    removed = remove_unusable(out, fingerprint(cfg)) if status == "resume" else []
+    resume_from = last_checkpoint(out, cfg) if status == "resume" else None
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     runtime = time.perf_counter() - started
     if nan_guard.bad_step is not None:
+        good = last_checkpoint(out, cfg)
+        kept = f"; last good checkpoint: {good}" if good else "; no checkpoint was saved before it"
         raise LmtuneError(
-            f"training stopped: the loss became NaN/inf at step {nan_guard.bad_step}",
-            hint="lower train.learning_rate, keep train.max_grad_norm set, or use precision fp32",
+            f"training stopped: the loss became NaN/inf at step {nan_guard.bad_step}{kept}",
+            hint="lower train.learning_rate, keep train.max_grad_norm set, use precision fp32, "
+            "or set train.on_nan=skip",
         )
     model = trainer.model
 
@@ -246,6 +267,8 @@ def train(cfg: RunConfig, *, overwrite: bool = False) -> Run:
         "final_train_loss": round(result.training_loss, 6),
         "best_checkpoint_metric": trainer.state.best_metric,
         "resumed_from": Path(resume_from).name if resume_from else None,
+        "removed_incomplete_checkpoints": removed,
+        "skipped_nan_steps": nan_guard.skipped_steps,
     }
     if baseline is not None:
         metrics["baseline"] = baseline
@@ -257,10 +280,12 @@ def train(cfg: RunConfig, *, overwrite: bool = False) -> Run:
 
     write_report(out, resolved, metrics, data.report, task.report_sections(results, out))
     write_model_card(out, resolved, metrics, method_saves_adapter=_is_peft(model))
+    # Complete first, then drop checkpoints: a kill in between leaves spare checkpoints, not a
+    # finished run that would be trained again from scratch.
+    _write_state(out, cfg, "complete", finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if not t.keep_checkpoints:
         for path in out.glob("checkpoint-*"):
             shutil.rmtree(path, ignore_errors=True)
-    _write_state(out, cfg, "complete", finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     return Run(out, resolved, task, model, tokenizer, metrics)
 
 
