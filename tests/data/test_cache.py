@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from tests.conftest import fast_config
+
 import lmtune
 from lmtune.config import RunConfig
 from lmtune.data.cache import clear_cache
-from tests.conftest import fast_config
 
 
 def test_second_run_hits_the_cache_and_trains_the_same(tiny_bert, sentiment_files, tmp_path, monkeypatch):
