@@ -36,8 +36,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SUITES: dict[str, dict[str, Any]] = {
-    "cls-lora": {"method": "lora", "learning_rate": 1e-3, "steps": 60},
-    "cls-full": {"method": "full", "learning_rate": 5e-5, "steps": 40},
+    "cls-lora": {"method": "lora", "learning_rate": 1e-3, "steps": 120},
+    "cls-full": {"method": "full", "learning_rate": 5e-5, "steps": 60},
 }
 VARIANTS = ("tutorial", "trainer", "lmtune")
 BATCH, MAX_LENGTH, SEED = 16, 128, 0
