@@ -87,8 +87,27 @@ def find_packaged(name: str) -> PackagedModel | None:
     return None
 
 
+# `bert2bert:<encoder>` names an encoder-decoder warm-started from two copies of an encoder
+# (Rothe et al., 2020); the seq2seq task builds it, here only the encoder name is resolved.
+WARM_START_PREFIX = "bert2bert:"
+
+
+def warm_start_encoder(name: str) -> str | None:
+    """The encoder name inside `bert2bert:<encoder>`, or None for an ordinary model name."""
+    return name[len(WARM_START_PREFIX) :].strip() if name.startswith(WARM_START_PREFIX) else None
+
+
 def resolve_model(name: str, revision: str | None = None, trust_remote_code: bool = False) -> ResolvedModel:
     """Resolve a model name; raises `LmtuneError` with the available choices when it cannot."""
+    inner = warm_start_encoder(name)
+    if inner is not None:
+        if not inner or warm_start_encoder(inner) is not None:
+            raise LmtuneError(
+                f"model '{name}' does not name one encoder after '{WARM_START_PREFIX}'",
+                hint="e.g. bert2bert:all-MiniLM-L6-v2, bert2bert:path/to/bert or bert2bert:org/bert-model",
+            )
+        encoder = resolve_model(inner, revision, trust_remote_code)
+        return ResolvedModel(name, encoder.path, encoder.source, encoder.revision)
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():

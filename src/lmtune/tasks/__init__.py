@@ -12,6 +12,11 @@ TASKS = Registry(
         "classification": "lmtune.tasks.classification:ClassificationTask",
         "token-classification": "lmtune.tasks.token_classification:TokenClassificationTask",
         "ner": "lmtune.tasks.token_classification:TokenClassificationTask",
+        "seq2seq": "lmtune.tasks.seq2seq:Seq2SeqTask",
+        "question-answering": "lmtune.tasks.question_answering:QuestionAnsweringTask",
+        "qa": "lmtune.tasks.question_answering:QuestionAnsweringTask",
+        "causal-lm": "lmtune.tasks.causal_lm:CausalLmTask",
+        "sft": "lmtune.tasks.causal_lm:CausalLmTask",
     },
 )
 

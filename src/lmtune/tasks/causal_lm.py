@@ -1,0 +1,808 @@
+"""Causal language modelling: instruction/chat SFT and continued pre-training of GPT-style decoders.
+
+Data (detected per file from its columns, or forced with `task.format`):
+
+- alpaca: `instruction`, optional `input`, `output`, optional `system`
+- messages: `{"messages": [{"role": "system|user|assistant", "content": ...}, ...]}`
+- sharegpt: `{"conversations": [{"from": "human|gpt|system", "value": ...}, ...]}` (+ optional `system`)
+- text: a `text` column; continued pre-training, loss on every token, long texts split into
+  `data.max_length` chunks rather than truncated
+
+Chat data is rendered with the tokenizer's own chat template. A tokenizer without one gets
+`DEFAULT_CHAT_TEMPLATE` (ChatML layout, each turn closed by the tokenizer's EOS token so that
+generation stops at EOS without new vocabulary); it is set on the tokenizer and so saved with
+the run. Assistant tokens are found by rendering the conversation up to each assistant turn
+(with the generation prompt) and up to the end of that turn: the text between the two is the
+answer. Each segment is tokenized on its own, which is exactly what the model sees when it
+generates after a rendered prompt. Only answer tokens carry labels (`train_on_prompt` labels
+everything); each answer ends with EOS (appended when the template does not emit it), and
+whatever the template writes after the EOS (ChatML's newline) is context, not a target.
+
+Packing puts several examples into one row of at most `data.max_length` tokens (best-fit
+decreasing). Rows carry `position_ids` that restart at every example and no attention mask:
+transformers 5 (`masking_utils.find_packed_sequence_indices`, used by `create_causal_mask`)
+then derives a block-diagonal causal mask from the position ids, so examples never attend
+to each other, for eager, sdpa, flex and flash attention alike, provided no KV cache exists
+(packed batches therefore pass `use_cache=False`). The first label of every example is -100,
+so no example predicts the next one's first token.
+
+Evaluation is the token-weighted mean cross-entropy over answer tokens (`eval_loss`) and its
+exponential (`perplexity`), reduced per batch; logits are never accumulated.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmtune.data import checks
+from lmtune.data.readers import Table, read_table
+from lmtune.errors import LmtuneError
+from lmtune.tasks.base import (
+    EvalResult,
+    PreparedData,
+    Task,
+    autocast_for,
+    model_device,
+    resolve_precision,
+)
+from lmtune.tasks.classification import apply_dropout
+
+logger = logging.getLogger(__name__)
+
+# ChatML layout (<|im_start|>role\n...), but every turn ends with the tokenizer's own EOS token
+# instead of a literal "<|im_end|>": that string is not in most vocabularies, and adding it would
+# need new, untrained embeddings. For tokenizers whose EOS is <|im_end|> (SmolLM2, Qwen) this is
+# exactly ChatML.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+FORMATS = ("alpaca", "messages", "sharegpt", "text")
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
+IGNORE = -100
+# Upper bound on the logits of one forward pass in evaluation (rows x length x vocab x 4 bytes).
+LOGITS_BUDGET_BYTES = 256 * 1024 * 1024
+
+
+class CausalLmOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["auto", "alpaca", "messages", "sharegpt", "text"] = Field(
+        default="auto", description="Data format; auto detects it per file from the columns."
+    )
+    train_on_prompt: bool = Field(
+        default=False, description="Loss on every token, not only on the assistant's answers."
+    )
+    packing: Literal["auto"] | bool = Field(
+        default="auto",
+        description="Pack several examples into each max_length row (position ids restart per "
+        "example, no attention across examples); auto: on where the architecture supports it.",
+    )
+    sample_generations: int = Field(
+        default=3, ge=0, le=20, description="Test prompts whose generations the report shows."
+    )
+    sample_max_new_tokens: int = Field(
+        default=64, ge=1, le=2048, description="Length limit of the report's sample generations."
+    )
+
+
+class GenerationOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_new_tokens: int = Field(default=128, ge=1, le=2048, description="Most tokens to generate.")
+    greedy: bool = Field(default=True, description="Greedy decoding; false samples.")
+    temperature: float = Field(default=1.0, gt=0, le=5, description="Sampling temperature (greedy: false).")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass (greedy: false).")
+    system: str | None = Field(default=None, description="System prompt put before each prompt.")
+    raw: bool = Field(
+        default=False, description="Continue the text as is, without the chat template (pre-training runs)."
+    )
+
+
+# ---- reading ------------------------------------------------------------------------------------
+def detect_format(table: Table) -> str:
+    """The data format of a file, from its columns."""
+    columns = {c.lower() for c in table.columns}
+    if "messages" in columns:
+        return "messages"
+    if "conversations" in columns:
+        return "sharegpt"
+    if "instruction" in columns and "output" in columns:
+        return "alpaca"
+    if "text" in columns:
+        return "text"
+    raise LmtuneError(
+        f"{table.path}: cannot tell the data format from the columns ({', '.join(table.columns)})",
+        hint="use alpaca (instruction/input/output), messages, sharegpt (conversations) or text columns, "
+        "or set task.format",
+    )
+
+
+def _field(table: Table, index: int, name: str, *, required: bool) -> str | None:
+    row = table.rows[index]
+    key = next((k for k in row if k.lower() == name), name)
+    value = row.get(key)
+    if checks.is_missing(value) or (isinstance(value, str) and not value.strip()):
+        if required:
+            what = "missing" if key not in row else "empty"
+            raise LmtuneError(
+                f"{table.where(index, name)}: field '{name}' is {what}",
+                hint=f"give every record a non-empty '{name}' or remove the record",
+            )
+        return None
+    if not isinstance(value, str):
+        raise LmtuneError(
+            f"{table.where(index, name)}: expected text, got {type(value).__name__} {str(value)[:60]!r}"
+        )
+    return value
+
+
+def _turns(table: Table, index: int, column: str) -> list[Any]:
+    row = table.rows[index]
+    key = next((k for k in row if k.lower() == column), column)
+    value = row.get(key)
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:  # CSV cells hold the list as JSON text
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise LmtuneError(f"{table.where(index, column)}: invalid JSON ({exc.msg})") from None
+    if not isinstance(value, list) or not value:
+        raise LmtuneError(
+            f"{table.where(index, column)}: expected a non-empty list of turns, got "
+            f"{'nothing' if value is None else type(value).__name__}",
+            hint=f"'{column}' must be a list of {{role, content}} objects",
+        )
+    return value
+
+
+def check_conversation(messages: list[dict[str, str]], where: str, *, need_answer: bool = True) -> None:
+    """Roles known, system first only, user/assistant alternating, ending with the assistant."""
+    previous = None
+    for j, message in enumerate(messages):
+        role = message["role"]
+        at = f"{where}, message {j + 1}"
+        if role not in ROLES:
+            raise LmtuneError(f"{at}: unknown role '{role}'", hint=f"roles must be one of {', '.join(ROLES)}")
+        if not message["content"].strip():
+            raise LmtuneError(f"{at}: the {role} message is empty", hint="give every turn some content")
+        if role == "system" and j != 0:
+            raise LmtuneError(f"{at}: a system message must come first")
+        if role != "system" and role == previous:
+            raise LmtuneError(
+                f"{at}: two {role} turns in a row", hint="user and assistant turns must alternate"
+            )
+        if role == "assistant" and previous in (None, "system"):
+            raise LmtuneError(
+                f"{at}: the conversation starts with the assistant", hint="start with a user turn"
+            )
+        previous = role
+    if need_answer and previous != "assistant":
+        raise LmtuneError(
+            f"{where}: the conversation does not end with an assistant turn",
+            hint="the last turn is what the model learns to answer",
+        )
+
+
+def _message(table: Table, index: int, column: str, j: int, turn: Any, role_key: str, text_key: str) -> dict:
+    at = f"{table.where(index, column)}, message {j + 1}"
+    if not isinstance(turn, dict):
+        raise LmtuneError(f"{at}: expected an object with '{role_key}' and '{text_key}'")
+    for key in (role_key, text_key):
+        if key not in turn:
+            raise LmtuneError(
+                f"{at}: field '{key}' is missing", hint=f"every turn needs '{role_key}' and '{text_key}'"
+            )
+        if not isinstance(turn[key], str):
+            raise LmtuneError(f"{at}: field '{key}' must be text, got {type(turn[key]).__name__}")
+    return {"role": turn[role_key].strip().lower(), "content": turn[text_key]}
+
+
+def parse_record(table: Table, index: int, fmt: str, *, need_answer: bool = True) -> dict[str, Any]:
+    """One record as {"messages": [...]} (chat formats) or {"text": ...}, checked."""
+    where = table.where(index)
+    if fmt == "text":
+        return {"messages": [], "text": _field(table, index, "text", required=True), "where": where}
+    if fmt == "alpaca":
+        instruction = _field(table, index, "instruction", required=True)
+        extra = _field(table, index, "input", required=False)
+        system = _field(table, index, "system", required=False)
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": f"{instruction}\n\n{extra}" if extra else instruction})
+        output = _field(table, index, "output", required=need_answer)
+        if output is not None:
+            messages.append({"role": "assistant", "content": output})
+        return {"messages": messages, "text": None, "where": where}
+    if fmt == "messages":
+        turns = _turns(table, index, "messages")
+        messages = [_message(table, index, "messages", j, t, "role", "content") for j, t in enumerate(turns)]
+        column = "messages"
+    else:
+        turns = _turns(table, index, "conversations")
+        messages = []
+        for j, turn in enumerate(turns):
+            message = _message(table, index, "conversations", j, turn, "from", "value")
+            if message["role"] not in SHAREGPT_ROLES:
+                at = f"{table.where(index, 'conversations')}, message {j + 1}"
+                raise LmtuneError(
+                    f"{at}: unknown role '{message['role']}'",
+                    hint=f"'from' must be one of {', '.join(SHAREGPT_ROLES)}",
+                )
+            message["role"] = SHAREGPT_ROLES[message["role"]]
+            messages.append(message)
+        system = _field(table, index, "system", required=False)
+        if system and not (messages and messages[0]["role"] == "system"):
+            messages.insert(0, {"role": "system", "content": system})
+        column = "conversations"
+    check_conversation(messages, table.where(index, column), need_answer=need_answer)
+    return {"messages": messages, "text": None, "where": where}
+
+
+def prompt_and_reference(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str | None]:
+    """The conversation before its last assistant turn, and that turn (None if it ends on the user)."""
+    if messages and messages[-1]["role"] == "assistant":
+        return messages[:-1], messages[-1]["content"]
+    return messages, None
+
+
+# ---- tokenization -------------------------------------------------------------------------------
+def ensure_chat_template(tokenizer: Any) -> None:
+    """Give a tokenizer without a chat template the default one; require an EOS token."""
+    if tokenizer.eos_token is None or tokenizer.eos_token_id is None:
+        raise LmtuneError(
+            f"tokenizer {tokenizer.name_or_path} has no EOS token, so generation could never stop",
+            hint="use a model whose tokenizer defines eos_token",
+        )
+    if not getattr(tokenizer, "chat_template", None):
+        logger.warning("tokenizer has no chat template: using lmtune's default (ChatML layout)")
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    # The rendered template already holds its special tokens (BOS etc.): add none.
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+def encode_chat(
+    tokenizer: Any, messages: list[dict[str, str]], where: str, train_on_prompt: bool
+) -> tuple[list[int], list[int]]:
+    """input_ids and labels of a conversation (labels -100 outside the answers)."""
+    eos_id = tokenizer.eos_token_id
+    ids: list[int] = []
+    labels: list[int] = []
+    done = ""
+    answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    for turn in answers:
+        prompt = _render(tokenizer, messages[:turn], True)
+        through = _render(tokenizer, messages[: turn + 1], False)
+        if not prompt.startswith(done) or not through.startswith(prompt):
+            raise LmtuneError(
+                f"{where}: the chat template renders turn {turn + 1} differently once later turns follow "
+                "(it is not prefix-consistent), so the answer tokens cannot be located",
+                hint="train on single-turn data or use a model whose template keeps earlier turns unchanged",
+            )
+        prompt_ids = _ids(tokenizer, prompt[len(done) :])
+        answer_ids = _ids(tokenizer, through[len(prompt) :])
+        if eos_id in answer_ids:
+            end = len(answer_ids) - answer_ids[::-1].index(eos_id)
+            target, trailing = answer_ids[:end], answer_ids[end:]
+        else:  # the template does not close the answer with EOS: generation could not stop
+            target, trailing = [*answer_ids, eos_id], []
+        ids += prompt_ids + target
+        labels += (prompt_ids if train_on_prompt else [IGNORE] * len(prompt_ids)) + target
+        # What follows the EOS (e.g. ChatML's newline) is context for the next turn, not a target.
+        if turn != answers[-1]:
+            ids += trailing
+            labels += trailing if train_on_prompt else [IGNORE] * len(trailing)
+        done = through
+    return ids, labels
+
+
+def encode_text(tokenizer: Any, text: str, max_length: int) -> list[list[int]]:
+    """A document as chunks of at most max_length tokens, the last one ending with EOS."""
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if not ids or ids[-1] != tokenizer.eos_token_id:
+        ids.append(tokenizer.eos_token_id)
+    chunks = [ids[i : i + max_length] for i in range(0, len(ids), max_length)]
+    return [c for c in chunks if len(c) >= 2]
+
+
+def pack(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Best-fit decreasing: groups of example indices whose lengths sum to at most `capacity`."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    bins: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (room left, bin), sorted: bisect finds the tightest fit
+    for i in order:
+        at = bisect.bisect_left(free, (lengths[i], -1))
+        if at == len(free):
+            bins.append([i])
+            bisect.insort(free, (capacity - lengths[i], len(bins) - 1))
+        else:
+            room, b = free.pop(at)
+            bins[b].append(i)
+            bisect.insort(free, (room - lengths[i], b))
+    return bins
+
+
+def packing_supported(model_path: str, trust_remote_code: bool = False) -> bool:
+    """Whether the architecture derives packed-sequence masks from position ids.
+
+    Every transformers 5 decoder built on `masking_utils.create_causal_mask` does; remote code
+    and older architectures may not, and would silently let examples attend to each other.
+    """
+    import importlib
+
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
+
+    if trust_remote_code:
+        return False
+    try:
+        config = AutoConfig.from_pretrained(model_path)
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except (KeyError, OSError, ValueError):
+        return False
+    module = importlib.import_module(model_class.__module__)
+    return hasattr(module, "create_causal_mask")
+
+
+class CausalLmCollator:
+    """Pads rows on the right: an attention mask for plain rows, position ids for packed rows.
+
+    Written here rather than `DataCollatorWithFlattening` because that one flattens the whole
+    batch into a single row; without varlen flash kernels (CPU, sdpa/eager) attention then
+    costs (batch x length)^2 instead of batch x length^2. Packed rows keep the batch dimension;
+    their padding is one more "example" (its own position ids, labels -100), and the mask is
+    left to transformers, which reads the example boundaries from the position ids (that needs
+    `use_cache=False`, see below).
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        width = max(len(f["input_ids"]) for f in features)
+        packed = "position_ids" in features[0]
+        batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
+        batch["position_ids" if packed else "attention_mask"] = []
+        for f in features:
+            n = len(f["input_ids"])
+            pad = width - n
+            batch["input_ids"].append(list(f["input_ids"]) + [self.pad_token_id] * pad)
+            batch["labels"].append(list(f["labels"]) + [IGNORE] * pad)
+            if packed:
+                batch["position_ids"].append(list(f["position_ids"]) + list(range(pad)))
+            else:
+                batch["attention_mask"].append([1] * n + [0] * pad)
+        out: dict[str, Any] = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+        if packed:
+            # transformers looks for packed sequences only when there is no KV cache, and decoders
+            # create an empty one whenever use_cache is on (config default, in training too):
+            # the examples would then silently attend to each other.
+            out["use_cache"] = False
+        return out
+
+
+# ---- the task -----------------------------------------------------------------------------------
+class CausalLmTask(Task):
+    name: ClassVar[str] = "causal-lm"
+    description: ClassVar[str] = (
+        "Instruction/chat SFT and continued pre-training of decoders (alpaca, messages, sharegpt, text)."
+    )
+    Options = CausalLmOptions
+    PredictOptions = GenerationOptions
+    peft_task_type: ClassVar[str] = "CAUSAL_LM"
+    # A decoder's head is the pretrained LM head, usually tied to the input embeddings: it needs
+    # no training, and training it would move the embeddings too (tens of millions of weights).
+    # What freeze/bitfit/adapters train as "head" is the final norm in front of it.
+    head_names: ClassVar[tuple[str, ...]] = ("norm", "ln_f", "final_layernorm", "norm_f")
+    peft_head_names: ClassVar[tuple[str, ...]] = ()
+    default_metric: ClassVar[str] = "eval_loss"
+    greater_is_better: ClassVar[bool] = False
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.labels = None
+        packing = self.options.packing
+        self.packing: bool | None = packing if isinstance(packing, bool) else None
+
+    def resolved_options(self) -> dict[str, Any]:
+        return {"packing": bool(self.packing)}
+
+    # ---- data ---------------------------------------------------------------------------------
+    def _read(self, path: str, *, need_answer: bool = True) -> tuple[list[dict[str, Any]], str]:
+        table = read_table(path, self.cfg.data.format)
+        fmt = self.options.format if self.options.format != "auto" else detect_format(table)
+        return [parse_record(table, i, fmt, need_answer=need_answer) for i in range(len(table))], fmt
+
+    def prepare_data(self) -> PreparedData:
+        d = self.cfg.data
+        seed = self.cfg.train.seed
+        if not d.train:
+            raise LmtuneError(
+                "no training data given", hint="set data.train in the config or pass --train FILE"
+            )
+        train, train_format = self._read(d.train)
+        formats = {"train": train_format}
+        info = {"dropped_duplicates": 0}
+        if d.drop_duplicates:
+            unique: dict[str, dict[str, Any]] = {}
+            for r in train:
+                unique.setdefault(_key(r), r)
+            info["dropped_duplicates"] = len(train) - len(unique)
+            train = list(unique.values())
+        splits: dict[str, list[dict[str, Any]]] = {}
+        carved: list[str] = []
+        total = len(train)
+        for split, path, ratio in (
+            ("test", d.test, d.test_split),
+            ("validation", d.validation, d.validation_split),
+        ):
+            if path:
+                splits[split], formats[split] = self._read(path)
+            else:
+                # Seeded random split; both shares are of the original file (100 -> 80/10/10).
+                keep, held = checks.stratified_split(
+                    ["-"] * len(train), ratio * total / len(train), seed + (0 if split == "test" else 1)
+                )
+                splits[split] = [train[i] for i in held]
+                train = [train[i] for i in keep]
+                carved.append(split)
+        if d.max_train_samples is not None and d.max_train_samples < len(train):
+            train = checks.sample(train, d.max_train_samples, seed)
+        splits["train"] = train
+        self._resolve_packing()
+        keys = {name: [_key(r) for r in records] for name, records in splits.items()}
+        report = {
+            "format": formats,
+            "rows": {name: len(records) for name, records in splits.items()},
+            "carved_from_train": carved,
+            "dropped_duplicates_train": info["dropped_duplicates"],
+            "duplicates_in_train": checks.count_duplicates(keys["train"]),
+            "overlap_train_test": checks.count_overlap(keys["train"], keys["test"]),
+            "overlap_train_validation": checks.count_overlap(keys["train"], keys["validation"]),
+            "packing": self.packing,
+        }
+        datasets = {name: _to_dataset(records) for name, records in splits.items()}
+        return PreparedData(splits=datasets, labels=None, report=report)
+
+    def _resolve_packing(self) -> None:
+        from lmtune.models import resolve_model
+
+        m = self.cfg.model
+        path = resolve_model(m.name, m.revision, m.trust_remote_code).path
+        supported = packing_supported(path, m.trust_remote_code)
+        if self.options.packing is True and not supported:
+            raise LmtuneError(
+                f"packing is not supported for {m.name}: its attention does not separate packed "
+                "examples by position ids",
+                hint="set task.packing to false (or auto)",
+            )
+        self.packing = supported if self.options.packing == "auto" else bool(self.options.packing)
+
+    def read_labelled(self, path: str) -> Any:
+        records, _ = self._read(path)
+        return _to_dataset(records)
+
+    def read_inputs(self, path: str) -> list[dict[str, Any]]:
+        """Prompts: a .txt file (one per line) or alpaca/messages/sharegpt/text records."""
+        file = Path(path)
+        if file.suffix.lower() in (".txt", ".text") and self.cfg.data.format == "auto":
+            if not file.is_file():
+                read_table(path)  # raises the file-not-found error
+            lines = [ln.strip() for ln in file.read_text(encoding="utf-8-sig").splitlines()]
+            prompts = [{"text": ln} for ln in lines if ln]
+            if not prompts:
+                raise LmtuneError(f"{path}: the file is empty", hint="one prompt per line")
+            return prompts
+        records, _ = self._read(path, need_answer=False)
+        out: list[dict[str, Any]] = []
+        for r in records:
+            if r["text"] is not None:
+                out.append({"text": r["text"]})
+            else:
+                out.append({"messages": prompt_and_reference(r["messages"])[0]})
+        return out
+
+    def check_input(self, index: int, item: dict[str, Any]) -> None:
+        at = f"input {index + 1}"
+        if "messages" in item:
+            messages = item["messages"]
+            if not isinstance(messages, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages
+            ):
+                raise LmtuneError(f"{at}: 'messages' must be a list of {{role, content}} objects")
+            check_conversation(messages, at, need_answer=False)
+            if not messages or messages[-1]["role"] != "user":
+                raise LmtuneError(f"{at}: the conversation must end with a user turn to be answered")
+        elif "instruction" in item:
+            if not isinstance(item["instruction"], str) or not item["instruction"].strip():
+                raise LmtuneError(f"{at}: 'instruction' must be non-empty text")
+        elif not isinstance(item.get("text"), str) or not item["text"].strip():
+            raise LmtuneError(f"{at}: expected a non-empty text (or 'messages' / 'instruction')")
+
+    # ---- model --------------------------------------------------------------------------------
+    def build_model(self, path: str, *, fresh_head: bool) -> Any:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        trust = self.cfg.model.trust_remote_code
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
+        apply_dropout(config, self.cfg.train.dropout)
+        if getattr(config, "pad_token_id", None) is None:
+            eos = getattr(config, "eos_token_id", None)
+            config.pad_token_id = eos[0] if isinstance(eos, list) else eos
+        return AutoModelForCausalLM.from_pretrained(path, config=config, trust_remote_code=trust)
+
+    def encode(self, dataset: Any, tokenizer: Any) -> list[dict[str, Any]]:
+        """Unpacked features: input_ids, labels, length, truncated (examples without targets dropped)."""
+        ensure_chat_template(tokenizer)
+        max_length = self.cfg.data.max_length
+        features: list[dict[str, Any]] = []
+        dropped = 0
+        for row in dataset:
+            if row["text"] is not None:
+                for chunk in encode_text(tokenizer, row["text"], max_length):
+                    features.append({"input_ids": chunk, "labels": list(chunk), "truncated": False})
+                continue
+            ids, labels = encode_chat(tokenizer, row["messages"], row["where"], self.options.train_on_prompt)
+            truncated = len(ids) > max_length
+            ids, labels = ids[:max_length], labels[:max_length]
+            # Position 0 is never predicted, so an example needs a target after its first token.
+            if all(label == IGNORE for label in labels[1:]):
+                dropped += 1
+                continue
+            features.append({"input_ids": ids, "labels": labels, "truncated": truncated})
+        if dropped:
+            logger.warning(
+                "%d examples dropped: their prompt fills data.max_length=%d, leaving no answer tokens",
+                dropped,
+                max_length,
+            )
+        if not features:
+            raise LmtuneError(
+                f"no example has answer tokens within data.max_length={max_length}",
+                hint="raise data.max_length or shorten the prompts",
+            )
+        for f in features:
+            f["length"] = len(f["input_ids"])
+        return features
+
+    def tokenize(self, dataset: Any, tokenizer: Any) -> Any:
+        from datasets import Dataset
+
+        features = self.encode(dataset, tokenizer)
+        if self.packing:
+            features = self._pack(features)
+        columns = {key: [f[key] for f in features] for key in features[0]}
+        return Dataset.from_dict(columns)
+
+    def _pack(self, features: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        rows = []
+        for group in pack([f["length"] for f in features], self.cfg.data.max_length):
+            ids: list[int] = []
+            labels: list[int] = []
+            positions: list[int] = []
+            for i in sorted(group):
+                f = features[i]
+                ids += f["input_ids"]
+                # No example learns to predict the first token of the one packed before it.
+                labels += [IGNORE, *f["labels"][1:]]
+                positions += list(range(f["length"]))
+            rows.append(
+                {
+                    "input_ids": ids,
+                    "labels": labels,
+                    "position_ids": positions,
+                    "truncated": any(features[i]["truncated"] for i in group),
+                    "length": len(ids),
+                    "examples": len(group),
+                }
+            )
+        return rows
+
+    def collator(self, tokenizer: Any) -> Any:
+        return CausalLmCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    def loss(self, model: Any, tokenizer: Any, dataset: Any, batch_size: int) -> dict[str, float]:
+        """Token-weighted mean cross-entropy over target tokens, and its perplexity."""
+        features = self.encode(dataset, tokenizer)
+        collate = self.collator(tokenizer)
+        device = model_device(model)
+        precision = resolve_precision(self.cfg.train.precision, device)
+        vocab = model.get_output_embeddings().weight.shape[0]
+        order = sorted(range(len(features)), key=lambda i: features[i]["length"], reverse=True)
+        total, count = 0.0, 0
+        model.eval()
+        with torch.inference_mode(), autocast_for(device, precision):
+            start = 0
+            while start < len(order):
+                width = features[order[start]]["length"]
+                rows = max(1, min(batch_size, LOGITS_BUDGET_BYTES // (width * vocab * 4)))
+                batch = collate([features[i] for i in order[start : start + rows]])
+                start += rows
+                batch = {k: v.to(device) for k, v in batch.items()}
+                labels = batch.pop("labels")
+                logits = model(**batch, use_cache=False).logits[:, :-1].float()
+                targets = labels[:, 1:]
+                total += torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]),
+                    targets.reshape(-1),
+                    ignore_index=IGNORE,
+                    reduction="sum",
+                ).item()
+                count += int((targets != IGNORE).sum())
+        mean = total / max(count, 1)
+        return {
+            "eval_loss": round(mean, 6),
+            "perplexity": round(math.exp(min(mean, 50.0)), 4),
+            "eval_tokens": count,
+        }
+
+    def evaluate(self, model: Any, tokenizer: Any, dataset: Any, batch_size: int) -> EvalResult:
+        metrics = self.loss(model, tokenizer, dataset, batch_size)
+        samples = []
+        chats = [r for r in dataset if r["text"] is None][: self.options.sample_generations]
+        if chats:
+            prompts = [{"messages": prompt_and_reference(r["messages"])[0]} for r in chats]
+            opts = GenerationOptions(max_new_tokens=self.options.sample_max_new_tokens)
+            outputs = self.predict(model, tokenizer, prompts, batch_size, opts)
+            for record, out in zip(chats, outputs, strict=True):
+                reference = prompt_and_reference(record["messages"])[1]
+                samples.append(
+                    {"prompt": out["prompt"], "reference": reference, "generation": out["generation"]}
+                )
+        return EvalResult(metrics=metrics, details={"samples": samples})
+
+    def baseline(self, model: Any, tokenizer: Any, splits: dict[str, Any], batch_size: int) -> dict[str, Any]:
+        metrics = self.loss(model, tokenizer, splits["test"], batch_size)
+        return {"eval_loss": metrics["eval_loss"], "perplexity": metrics["perplexity"]}
+
+    # ---- generation ---------------------------------------------------------------------------
+    def _prompt(
+        self, item: dict[str, Any], opts: GenerationOptions
+    ) -> tuple[list[dict[str, str]] | str, str]:
+        """(messages or raw text, the prompt shown in the output) for one input."""
+        if opts.raw and "text" in item:
+            return item["text"], item["text"]
+        if "messages" in item:
+            messages = [dict(m) for m in item["messages"]]
+        elif "instruction" in item:
+            extra = item.get("input")
+            content = f"{item['instruction']}\n\n{extra}" if extra else item["instruction"]
+            messages = [{"role": "system", "content": item["system"]}] if item.get("system") else []
+            messages.append({"role": "user", "content": content})
+        else:
+            messages = [{"role": "user", "content": item["text"]}]
+        if opts.system and not (messages and messages[0]["role"] == "system"):
+            messages.insert(0, {"role": "system", "content": opts.system})
+        return messages, messages[-1]["content"]
+
+    def predict(
+        self,
+        model: Any,
+        tokenizer: Any,
+        inputs: list[dict[str, Any]],
+        batch_size: int,
+        options: BaseModel | None = None,
+    ) -> list[dict[str, Any]]:
+        opts: GenerationOptions = options if isinstance(options, GenerationOptions) else GenerationOptions()
+        ensure_chat_template(tokenizer)
+        encoded: list[tuple[list[int], str]] = []
+        for item in inputs:
+            source, shown = self._prompt(item, opts)
+            if isinstance(source, str):
+                ids = list(tokenizer(source, add_special_tokens=True)["input_ids"])
+            else:
+                ids = _ids(tokenizer, _render(tokenizer, source, True))
+            encoded.append((ids, shown))
+        device = model_device(model)
+        precision = resolve_precision(self.cfg.train.precision, device)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        eos_ids = _eos_ids(model, tokenizer)
+        generations: list[str] = [""] * len(encoded)
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]), reverse=True)
+        model.eval()
+        with torch.inference_mode(), autocast_for(device, precision):
+            for start in range(0, len(order), batch_size):
+                index = order[start : start + batch_size]
+                width = max(len(encoded[i][0]) for i in index)
+                # Left padding: every prompt ends where generation starts.
+                ids = [[pad_id] * (width - len(encoded[i][0])) + encoded[i][0] for i in index]
+                mask = [[0] * (width - len(encoded[i][0])) + [1] * len(encoded[i][0]) for i in index]
+                sampling = {} if opts.greedy else {"temperature": opts.temperature, "top_p": opts.top_p}
+                out = model.generate(
+                    input_ids=torch.tensor(ids, device=device),
+                    attention_mask=torch.tensor(mask, device=device),
+                    max_new_tokens=opts.max_new_tokens,
+                    do_sample=not opts.greedy,
+                    eos_token_id=eos_ids,
+                    pad_token_id=pad_id,
+                    **sampling,
+                )
+                for row, i in zip(out[:, width:].tolist(), index, strict=True):
+                    generations[i] = tokenizer.decode(
+                        _until_eos(row, eos_ids), skip_special_tokens=True
+                    ).strip()
+        return [{"prompt": shown, "generation": generations[i]} for i, (_, shown) in enumerate(encoded)]
+
+    # ---- report -------------------------------------------------------------------------------
+    def report_sections(self, results: dict[str, EvalResult], run_dir: Path) -> list[str]:
+        lines: list[str] = []
+        for split, result in results.items():
+            samples = result.details.get("samples") or []
+            if not samples:
+                continue
+            lines += [f"### Sample generations ({split}, greedy)", ""]
+            for n, s in enumerate(samples, start=1):
+                lines += [
+                    f"**{n}. Prompt:** {_quote(s['prompt'])}",
+                    "",
+                    f"- reference: {_quote(s['reference'] or '')}",
+                    f"- generated: {_quote(s['generation'])}",
+                    "",
+                ]
+        return lines
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokenizer's EOS plus any end-of-turn ids the model's generation config names."""
+    ids = [tokenizer.eos_token_id]
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in config_eos if isinstance(config_eos, list) else [config_eos]:
+        if value is not None and value not in ids:
+            ids.append(int(value))
+    return ids
+
+
+def _until_eos(ids: list[int], eos_ids: list[int]) -> list[int]:
+    for k, token in enumerate(ids):
+        if token in eos_ids:
+            return ids[:k]
+    return ids
+
+
+def _quote(text: str, limit: int = 400) -> str:
+    text = re.sub(r"\s+", " ", text).strip()
+    return (text[:limit] + " ...") if len(text) > limit else text
+
+
+def _key(record: dict[str, Any]) -> str:
+    if record["text"] is not None:
+        return record["text"]
+    return json.dumps(record["messages"], ensure_ascii=False, sort_keys=True)
+
+
+def _to_dataset(records: list[dict[str, Any]]) -> Any:
+    from datasets import Dataset, Features, Value
+
+    features = Features(
+        {
+            "messages": [{"role": Value("string"), "content": Value("string")}],
+            "text": Value("string"),
+            "where": Value("string"),
+        }
+    )
+    columns = {key: [r[key] for r in records] for key in ("messages", "text", "where")}
+    return Dataset.from_dict(columns, features=features)
