@@ -1,0 +1,550 @@
+"""The HTTP server: a FastAPI app that serves one run (and more adapters on its base model).
+
+    POST /predict            {"texts": [...], "adapter"?: name, "options"?: {...}}
+    GET  /health, /info      liveness; model, task, labels, adapters, limits
+    GET  /metrics            Prometheus text (requests by status, latency, batch sizes, queue)
+    POST /admin/adapters     {"name", "run_dir"}: load an adapter at runtime (bearer token)
+    DELETE /admin/adapters/{name}
+    GET  /docs               OpenAPI (FastAPI)
+
+Predictions go through `Run.predict`, so the server answers exactly what `lmtune predict`
+answers and never special-cases a task: request items are strings or objects that the run's
+task checks (`task.check_input`), options are the task's prediction options.
+
+Adapters. The served run is adapter `default`. More runs fine-tuned from the same base model
+for the same task and labels can be served beside it:
+- peft runs of the same peft type (LoRA, DoRA, IA3, ... ) are loaded onto the *same* PeftModel
+  with `load_adapter`, and the model thread switches with `set_adapter` before a forward:
+  each extra adapter costs only its own weights (a LoRA adapter: a few MB);
+- other runs (full, freeze, bitfit, gradual-unfreeze, bottleneck adapters, or a peft type the
+  loaded PeftModel cannot hold) are loaded as separate models: each costs a whole model's
+  memory (MiniLM: ~90 MB in fp32). `/info` says which adapters share the base model.
+Requests name adapters, never paths; only the admin endpoint (off unless a token is set) and
+the command line take run directories.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmtune.errors import LmtuneError
+from lmtune.serving.batcher import (
+    BatcherStoppedError,
+    MicroBatcher,
+    QueueFullError,
+    RequestTimeoutError,
+)
+
+log = logging.getLogger("lmtune.serving")
+
+ADAPTER_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+_ADAPTER_NAME_RE = re.compile(ADAPTER_NAME)
+DEFAULT_ADAPTER = "default"  # peft's name for the adapter PeftModel.from_pretrained loads
+
+
+# ---- settings ---------------------------------------------------------------------------------
+@dataclass
+class ServeSettings:
+    """Limits and batching knobs; the CLI flags of `lmtune serve` map one to one."""
+
+    max_batch_size: int = 32
+    max_wait_ms: float = 10.0
+    max_queue: int = 256
+    timeout_s: float = 30.0
+    max_request_items: int = 64
+    max_text_chars: int = 20_000
+    batching: bool = True
+    admin_token: str | None = None
+    # Raw body limit, checked on Content-Length before JSON parsing. Default: what the largest
+    # valid request can take (every character escaped as \\uXXXX, plus per-item JSON overhead).
+    max_body_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("max_batch_size", "max_queue", "max_request_items", "max_text_chars"):
+            if getattr(self, key) < 1:
+                raise LmtuneError(f"serve setting {key} must be >= 1, got {getattr(self, key)}")
+        if self.max_wait_ms < 0 or self.timeout_s <= 0:
+            raise LmtuneError("serve settings: max_wait_ms must be >= 0 and timeout_s > 0")
+        if self.max_body_bytes is None:
+            self.max_body_bytes = 6 * self.max_text_chars + 512 * self.max_request_items + 16_384
+
+    def limits(self) -> dict[str, Any]:
+        return {
+            "max_batch_size": self.max_batch_size,
+            "max_wait_ms": self.max_wait_ms,
+            "batching": self.batching and self.max_batch_size > 1,
+            "max_queue": self.max_queue,
+            "timeout_s": self.timeout_s,
+            "max_request_items": self.max_request_items,
+            "max_text_chars": self.max_text_chars,
+            "max_body_bytes": self.max_body_bytes,
+        }
+
+
+# ---- adapters -----------------------------------------------------------------------------------
+class UnknownAdapterError(LookupError):
+    pass
+
+
+@dataclass
+class Adapter:
+    name: str
+    run: Any  # lmtune.run.Run; its model is the shared PeftModel when `shared`
+    shared: bool
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def check_adapter_name(name: str) -> str:
+    if not isinstance(name, str) or not _ADAPTER_NAME_RE.match(name):
+        raise LmtuneError(f"invalid adapter name {name!r}", hint="use 1-64 letters, digits, '_', '.' or '-'")
+    return name
+
+
+def _read_run(run_dir: Path) -> Any:
+    """The resolved config of a finished run, without loading any weights."""
+    from lmtune.config import RunConfig
+    from lmtune.run import read_state
+
+    if not run_dir.is_dir() or not (run_dir / "config.yaml").is_file():
+        raise LmtuneError(f"{run_dir} is not an lmtune run (no config.yaml)", hint="give a run directory")
+    state = read_state(run_dir) or {}
+    if state.get("status") != "complete" or not (run_dir / "model").is_dir():
+        raise LmtuneError(
+            f"run {run_dir} did not finish (status: {state.get('status', 'unknown')})",
+            hint="serve a finished run",
+        )
+    return RunConfig.from_yaml(run_dir / "config.yaml")
+
+
+class AdapterPool:
+    """The served runs by name; every method that touches the model runs in the model thread."""
+
+    def __init__(self, run_dir: str | Path, device: str | None = None) -> None:
+        from lmtune.run import Run
+
+        self.device = device
+        self.primary = Run.load(run_dir, device)
+        self.peft_model = self.primary.model if hasattr(self.primary.model, "peft_config") else None
+        self.adapters: dict[str, Adapter] = {
+            DEFAULT_ADAPTER: Adapter(
+                DEFAULT_ADAPTER,
+                self.primary,
+                self.peft_model is not None,
+                self._describe(self.primary.config),
+            )
+        }
+
+    @staticmethod
+    def _describe(cfg: Any) -> dict[str, Any]:
+        return {"method": cfg.method.name, "base_model": cfg.model.name}
+
+    def names(self) -> list[str]:
+        return sorted(self.adapters)
+
+    def get(self, name: str) -> Adapter:
+        adapter = self.adapters.get(name)
+        if adapter is None:
+            raise UnknownAdapterError(f"unknown adapter '{name}'; available: {', '.join(self.names())}")
+        return adapter
+
+    def check(self, name: str, run_dir: str | Path) -> Any:
+        """Validate a run as an extra adapter (name, finished run, same base model/task/labels)."""
+        check_adapter_name(name)
+        if name in self.adapters:
+            raise LmtuneError(
+                f"adapter '{name}' is already loaded", hint="pick another name or remove it first"
+            )
+        cfg = _read_run(Path(run_dir))
+        base = self.primary.config
+        for what, ours, theirs in (
+            ("base model", (base.model.name, base.model.revision), (cfg.model.name, cfg.model.revision)),
+            ("task", base.task.type, cfg.task.type),
+            ("labels", base.data.labels, cfg.data.labels),
+        ):
+            if ours != theirs:
+                raise LmtuneError(
+                    f"run {run_dir} cannot be served beside {self.primary.directory}: its {what} is "
+                    f"{theirs!r}, the served run's is {ours!r}",
+                    hint="serve runs fine-tuned from the same base model for the same task and labels "
+                    "(start another server for a different model)",
+                )
+        return cfg
+
+    def _shares_base(self, run_dir: Path, cfg: Any) -> bool:
+        """Can this run be loaded onto the served PeftModel (same peft type)?"""
+        from lmtune.methods import get_method_class
+        from lmtune.methods.peft_base import PeftMethod
+
+        if self.peft_model is None or not issubclass(get_method_class(cfg.method.name), PeftMethod):
+            return False
+        config_file = run_dir / "model" / "adapter_config.json"
+        if not config_file.is_file():
+            return False
+        peft_type = json.loads(config_file.read_text(encoding="utf-8")).get("peft_type")
+        return peft_type == str(self.peft_model.peft_config[DEFAULT_ADAPTER].peft_type.value)
+
+    def load(self, name: str, run_dir: str | Path) -> Adapter:
+        """Load a run as adapter `name`; call in the model thread (never during a forward)."""
+        from lmtune.run import Run
+        from lmtune.tasks import get_task_class
+
+        run_dir = Path(run_dir)
+        cfg = self.check(name, run_dir)
+        if self._shares_base(run_dir, cfg):
+            try:
+                self.peft_model.load_adapter(str(run_dir / "model"), adapter_name=name)
+            except (ValueError, RuntimeError, KeyError) as exc:
+                first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:300]
+                raise LmtuneError(f"cannot load the adapter of {run_dir}: {first}") from None
+            self.peft_model.eval()  # freshly injected modules start in training mode (dropout)
+            metrics_file = run_dir / "metrics.json"
+            metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.exists() else {}
+            task = get_task_class(cfg.task.type)(cfg)
+            run = Run(run_dir, cfg, task, self.peft_model, self.primary.tokenizer, metrics)
+            adapter = Adapter(name, run, True, self._describe(cfg))
+        else:
+            log.info("adapter '%s' (%s) is loaded as a separate model", name, cfg.method.name)
+            adapter = Adapter(name, Run.load(run_dir, self.device), False, self._describe(cfg))
+        self.adapters[name] = adapter
+        return adapter
+
+    def remove(self, name: str) -> None:
+        """Unload adapter `name`; call in the model thread."""
+        adapter = self.get(name)
+        if name == DEFAULT_ADAPTER:
+            raise LmtuneError("the served run ('default') cannot be removed", hint="stop the server instead")
+        del self.adapters[name]
+        if adapter.shared:
+            if self.peft_model.active_adapter == name:
+                self.peft_model.set_adapter(DEFAULT_ADAPTER, inference_mode=True)
+            self.peft_model.delete_adapter(name)
+
+    def run_group(
+        self, name: str, items: list[dict[str, Any]], options: dict[str, Any], batch_size: int
+    ) -> list[dict[str, Any]]:
+        """One forward for items sharing an adapter and options; call in the model thread."""
+        adapter = self.get(name)  # it may have been removed while the request waited
+        if adapter.shared and self.peft_model.active_adapter != name:
+            self.peft_model.set_adapter(name, inference_mode=True)
+        return adapter.run.predict(items, batch_size, options)
+
+
+# ---- metrics ------------------------------------------------------------------------------------
+class Metrics:
+    """Prometheus metrics in a registry of this app's own (several apps can share a process)."""
+
+    def __init__(self, queue_depth: Callable[[], float]) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "lmtune_requests",
+            "HTTP requests by endpoint and status code",
+            ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "lmtune_request_latency_seconds",
+            "Request latency by endpoint",
+            ["endpoint"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "lmtune_batch_size",
+            "Items per model forward",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
+        self.items = Counter("lmtune_predicted_items", "Items predicted", registry=self.registry)
+        depth = Gauge("lmtune_queue_depth", "Requests waiting for the model", registry=self.registry)
+        depth.set_function(queue_depth)
+
+    def observe_batch(self, size: int) -> None:
+        self.batch_size.observe(size)
+        self.items.inc(size)
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+class _GuardMiddleware:
+    """Body-size limit before parsing, and request metrics, as plain ASGI middleware.
+
+    Starlette has no body-size limit, and a `BaseHTTPMiddleware` would read the body first.
+    Content-Length over the limit is refused at once; a chunked body is read up to the limit.
+    """
+
+    def __init__(
+        self, app: Any, max_body_bytes: int, metrics: Metrics, paths: Callable[[], set[str]]
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
+        self.paths = paths  # route paths: the `endpoint` label of requests refused before routing
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_status(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        too_large = JSONResponse(
+            {"detail": f"request body larger than {self.max_body_bytes} bytes"}, status_code=413
+        )
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        try:
+            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+                await too_large(scope, receive, send_status)
+                return
+            if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+                # A chunked body: read it here (it is small by then) and refuse it at the limit;
+                # raising inside FastAPI's body parsing would turn into a 400.
+                chunks, size, more = [], 0, True
+                while more:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return  # the client went away
+                    chunks.append(message.get("body", b""))
+                    size += len(chunks[-1])
+                    more = message.get("more_body", False)
+                    if size > self.max_body_bytes:
+                        await too_large(scope, receive, send_status)
+                        return
+                replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+                async def replay_receive() -> dict:
+                    return replay.pop() if replay else await receive()
+
+                await self.app(scope, replay_receive, send_status)
+            else:
+                await self.app(scope, receive, send_status)
+        finally:
+            # Label by route template, never by raw path: unknown paths must not grow the metrics.
+            endpoint = getattr(scope.get("route"), "path", None)
+            if endpoint is None:
+                endpoint = scope["path"] if scope["path"] in self.paths() else "other"
+            self.metrics.requests.labels(endpoint, str(status["code"])).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+
+# ---- request and response bodies ---------------------------------------------------------------
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str | dict[str, Any]] = Field(
+        min_length=1,
+        description='Inputs: strings, or objects the task reads (e.g. {"text", "text_pair"}).',
+        examples=[["what a wonderful film"]],
+    )
+    adapter: str | None = Field(
+        default=None, pattern=ADAPTER_NAME, description="Adapter name (see /info); default: the served run."
+    )
+    options: dict[str, Any] | None = Field(default=None, description="The task's prediction options.")
+
+
+class PredictResponse(BaseModel):
+    predictions: list[dict[str, Any]]
+    adapter: str
+    model: str
+
+
+class AdapterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=ADAPTER_NAME)
+    run_dir: str = Field(min_length=1, description="A finished lmtune run directory on the server.")
+
+
+def _text_chars(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_text_chars(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_text_chars(v) for v in value)
+    return 0
+
+
+# ---- the app ------------------------------------------------------------------------------------
+def create_app(
+    run_dir: str | Path,
+    adapters: dict[str, str | Path] | None = None,
+    settings: ServeSettings | None = None,
+    device: str | None = None,
+) -> FastAPI:
+    """Load the run (and extra adapters) and build the app; loading errors raise LmtuneError."""
+    settings = settings or ServeSettings()
+    pool = AdapterPool(run_dir, device)
+    for name, path in (adapters or {}).items():
+        pool.load(name, path)
+    batcher = MicroBatcher(
+        pool.run_group,
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue=settings.max_queue,
+        batching=settings.batching,
+        forward_batch_size=max(settings.max_batch_size, pool.primary.batch_size),
+    )
+    metrics = Metrics(batcher.depth)
+    batcher.on_batch = metrics.observe_batch
+    cfg = pool.primary.config
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(
+        title="lmtune server",
+        description=f"Predictions of an lmtune run: task `{cfg.task.type}`, base model `{cfg.model.name}`.",
+        lifespan=lifespan,
+    )
+    app.state.pool = pool
+    app.state.batcher = batcher
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.add_middleware(
+        _GuardMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        metrics=metrics,
+        paths=lambda: {getattr(route, "path", "") for route in app.routes},
+    )
+
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        responses={
+            404: {"description": "Unknown adapter"},
+            413: {"description": "Too many items or characters"},
+            422: {"description": "Invalid request, input or option"},
+            503: {"description": "Queue full (see Retry-After)"},
+            504: {"description": "Timed out"},
+        },
+    )
+    async def predict(body: PredictRequest) -> dict[str, Any]:
+        """Predict for a list of inputs with the chosen adapter; output rows are task-shaped."""
+        name = body.adapter or DEFAULT_ADAPTER
+        try:
+            adapter = pool.get(name)
+        except UnknownAdapterError as exc:
+            raise HTTPException(404, str(exc)) from None
+        if len(body.texts) > settings.max_request_items:
+            raise HTTPException(
+                413, f"{len(body.texts)} items; at most {settings.max_request_items} per request"
+            )
+        chars = _text_chars(body.texts)
+        if chars > settings.max_text_chars:
+            raise HTTPException(413, f"{chars} characters; at most {settings.max_text_chars} per request")
+        items = [t if isinstance(t, dict) else {"text": t} for t in body.texts]
+        try:
+            for i, item in enumerate(items):
+                adapter.run.task.check_input(i, item)
+            options = adapter.run.task.predict_options(body.options).model_dump(mode="json")
+        except LmtuneError as exc:
+            raise HTTPException(422, str(exc)) from None
+        key = json.dumps(options, sort_keys=True)
+        try:
+            predictions = await batcher.submit(name, items, options, key, settings.timeout_s)
+        except QueueFullError as exc:
+            raise HTTPException(503, f"server busy: {exc}", headers={"Retry-After": "1"}) from None
+        except BatcherStoppedError as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
+        except RequestTimeoutError as exc:
+            raise HTTPException(504, str(exc)) from None
+        except UnknownAdapterError as exc:
+            raise HTTPException(404, str(exc)) from None
+        except LmtuneError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return {"predictions": predictions, "adapter": name, "model": adapter.run.config.model.name}
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """200 while the batching worker runs, 503 otherwise."""
+        ok = batcher.running
+        return JSONResponse({"status": "ok" if ok else "down"}, status_code=200 if ok else 503)
+
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        """The served model, task, labels, adapters and request limits."""
+        return {
+            "model": cfg.model.name,
+            "task": cfg.task.type,
+            "labels": cfg.data.labels,
+            "predict_options": sorted(pool.primary.task.PredictOptions.model_fields),
+            "default_adapter": DEFAULT_ADAPTER,
+            "adapters": {
+                name: {**a.info, "shared_base_model": a.shared} for name, a in sorted(pool.adapters.items())
+            },
+            "limits": settings.limits(),
+        }
+
+    @app.get("/metrics", response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Prometheus text format."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    # ---- admin -------------------------------------------------------------------------------
+    bearer = HTTPBearer(auto_error=False)
+
+    async def require_admin(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    ) -> None:
+        if not settings.admin_token:
+            raise HTTPException(
+                403, "admin endpoints are disabled: start the server with a token in --admin-token-env"
+            )
+        given = credentials.credentials if credentials else ""
+        if not hmac.compare_digest(given.encode(), settings.admin_token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    admin = [Depends(require_admin)]
+
+    @app.post("/admin/adapters", dependencies=admin, status_code=201)
+    async def add_adapter(body: AdapterRequest) -> dict[str, Any]:
+        """Load a finished run on this server as adapter `name` (admin token required)."""
+        if body.name in pool.adapters:
+            raise HTTPException(409, f"adapter '{body.name}' is already loaded")
+        try:
+            adapter = await batcher.call(pool.load, body.name, body.run_dir)
+        except LmtuneError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return {"name": adapter.name, **adapter.info, "shared_base_model": adapter.shared}
+
+    @app.delete("/admin/adapters/{name}", dependencies=admin)
+    async def remove_adapter(name: str) -> dict[str, Any]:
+        """Unload adapter `name` (admin token required)."""
+        try:
+            await batcher.call(pool.remove, name)
+        except UnknownAdapterError as exc:
+            raise HTTPException(404, str(exc)) from None
+        except LmtuneError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return {"removed": name, "adapters": pool.names()}
+
+    return app

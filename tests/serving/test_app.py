@@ -1,0 +1,277 @@
+"""The FastAPI app in-process (TestClient): answers, adapters, limits, errors, batching, admin."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from lmtune.errors import LmtuneError
+from lmtune.run import load_run
+from lmtune.serving.app import ServeSettings, create_app
+
+TEXTS = ["the film was superb", "our meal was dreadful", "this phone was lovely", "the app was boring"]
+
+
+def assert_same(served: list[dict], expected: list[dict]) -> None:
+    """Same rows as Run.predict; scores within float noise (padding differs between batches)."""
+    assert len(served) == len(expected)
+    for got, want in zip(served, expected, strict=True):
+        assert got["text"] == want["text"] and got["label"] == want["label"]
+        assert got["scores"] == pytest.approx(want["scores"], abs=1e-4)
+
+
+def batch_histogram(client: TestClient) -> dict[str, float]:
+    text = client.get("/metrics").text
+    found = re.findall(r'^lmtune_batch_size_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)
+    return {le: float(count) for le, count in found}
+
+
+@pytest.fixture(scope="module")
+def expected(serve_runs: dict[str, Path]) -> dict[str, list[dict]]:
+    return {name: load_run(path).predict(TEXTS) for name, path in serve_runs.items()}
+
+
+def test_predictions_equal_run_predict_for_each_adapter(serve_runs, expected):
+    app = create_app(serve_runs["pos"], {"neg": serve_runs["neg"], "bitfit": serve_runs["bitfit"]})
+    with TestClient(app) as client:
+        info = client.get("/info").json()
+        assert info["task"] == "classification" and info["labels"] == ["negative", "positive"]
+        assert sorted(info["adapters"]) == ["bitfit", "default", "neg"]
+        # LoRA runs share one PeftModel; the BitFit run is a separate model.
+        assert info["adapters"]["neg"]["shared_base_model"] is True
+        assert info["adapters"]["bitfit"]["shared_base_model"] is False
+        assert info["limits"]["max_request_items"] == 64
+        assert client.get("/health").json() == {"status": "ok"}
+
+        body = client.post("/predict", json={"texts": TEXTS}).json()
+        assert body["adapter"] == "default" and body["model"] == info["model"]
+        assert_same(body["predictions"], expected["pos"])
+        for name, key in (("neg", "neg"), ("bitfit", "bitfit"), ("default", "pos")):
+            rows = client.post("/predict", json={"texts": TEXTS, "adapter": name}).json()["predictions"]
+            assert_same(rows, expected[key])
+        # The two LoRA adapters on one base model really answer differently.
+        pos = [r["scores"]["positive"] for r in expected["pos"]]
+        neg = [r["scores"]["positive"] for r in expected["neg"]]
+        assert all(abs(a - b) > 1e-3 for a, b in zip(pos, neg, strict=True))
+
+        # Requests for different adapters interleaved from many threads: each gets its own.
+        def ask(i: int) -> tuple[str, list[dict]]:
+            name = ("default", "neg", "bitfit")[i % 3]
+            rows = client.post("/predict", json={"texts": TEXTS[i % 4 :], "adapter": name}).json()
+            return name, rows["predictions"]
+
+        with ThreadPoolExecutor(8) as pool:
+            for name, rows in pool.map(ask, range(24)):
+                key = {"default": "pos"}.get(name, name)
+                want = [r for r in expected[key] if r["text"] in {row["text"] for row in rows}]
+                assert_same(rows, want)
+
+        # Records are passed through to the task (here {"text"}; text pairs and others alike).
+        rows = client.post("/predict", json={"texts": [{"text": TEXTS[0]}]}).json()["predictions"]
+        assert_same(rows, expected["pos"][:1])
+
+
+def test_request_errors(serve_runs):
+    settings = ServeSettings(max_request_items=3, max_text_chars=50)
+    with TestClient(create_app(serve_runs["pos"], {"neg": serve_runs["neg"]}, settings)) as client:
+        for body in (
+            {},
+            {"texts": []},
+            {"texts": "not a list"},
+            {"texts": ["ok"], "adapter": "../etc/passwd"},
+            {"texts": ["ok"], "extra": 1},
+        ):
+            assert client.post("/predict", json=body).status_code == 422, body
+        # Task-level problems (LmtuneError) are 422 with the task's message.
+        r = client.post("/predict", json={"texts": [{"question": "no text here"}]})
+        assert r.status_code == 422 and "input 1: expected text" in r.json()["detail"]
+        r = client.post("/predict", json={"texts": ["ok"], "options": {"beams": 4}})
+        assert r.status_code == 422 and "predict option 'beams': unknown option" in r.json()["detail"]
+
+        r = client.post("/predict", json={"texts": ["ok"], "adapter": "nope"})
+        assert (
+            r.status_code == 404 and r.json()["detail"] == "unknown adapter 'nope'; available: default, neg"
+        )
+
+        r = client.post("/predict", json={"texts": ["a", "b", "c", "d"]})
+        assert r.status_code == 413 and "at most 3" in r.json()["detail"]
+        r = client.post("/predict", json={"texts": ["x" * 30, {"text": "y" * 30}]})
+        assert r.status_code == 413 and "60 characters; at most 50" in r.json()["detail"]
+        # The raw body is refused on its Content-Length, before any JSON parsing.
+        r = client.post(
+            "/predict",
+            content=b"{" + b" " * settings.max_body_bytes + b"}",
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 413 and "request body larger than" in r.json()["detail"]
+        # ... and a chunked body (no Content-Length) when it passes the limit.
+        chunks = iter([b'{"texts": ["', b"x" * settings.max_body_bytes, b'"]}'])
+        r = client.post("/predict", content=chunks, headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        chunks = iter([b'{"texts": ', b'["a small one"]}'])
+        r = client.post("/predict", content=chunks, headers={"content-type": "application/json"})
+        assert r.status_code == 200 and r.json()["predictions"][0]["text"] == "a small one"
+
+        metrics = client.get("/metrics").text
+        assert 'lmtune_requests_total{endpoint="/predict",status="413"} 4.0' in metrics
+        assert 'lmtune_requests_total{endpoint="/predict",status="404"} 1.0' in metrics
+        assert "lmtune_request_latency_seconds_bucket" in metrics and "lmtune_queue_depth 0.0" in metrics
+
+
+def test_queue_full_is_503_and_slow_requests_are_504(serve_runs, monkeypatch):
+    settings = ServeSettings(max_queue=1, timeout_s=0.5, batching=False)
+    app = create_app(serve_runs["pos"], settings=settings)
+    run = app.state.pool.get("default").run
+    gate, entered = threading.Event(), threading.Event()
+    predict = run.predict
+
+    def held(*args, **kwargs):
+        entered.set()
+        gate.wait(10)
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(run, "predict", held)
+    with TestClient(app) as client, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(client.post, "/predict", json={"texts": ["one"]})
+        assert entered.wait(5), "the worker holds the first request in the model thread"
+        second = pool.submit(client.post, "/predict", json={"texts": ["two"]})
+        deadline = time.monotonic() + 5
+        while app.state.batcher.depth() < 1:  # the second one waits in the queue (size 1)
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        r = client.post("/predict", json={"texts": ["three"]})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "lmtune_queue_depth 1.0" in client.get("/metrics").text
+        assert (
+            first.result().status_code == 504 and "no answer within 0.5 s" in first.result().json()["detail"]
+        )
+        assert second.result().status_code == 504
+        gate.set()
+        settings.timeout_s = 60  # read per request; the next one must not race a busy CPU
+        while app.state.batcher.depth():  # the timed-out second request is skipped, not computed
+            assert time.monotonic() < deadline + 5
+            time.sleep(0.01)
+        r = client.post("/predict", json={"texts": ["four"]})
+        assert r.status_code == 200 and r.json()["predictions"][0]["text"] == "four"
+
+
+def test_requests_are_batched(serve_runs):
+    settings = ServeSettings(max_wait_ms=300, max_batch_size=32)
+    app = create_app(serve_runs["pos"], {"neg": serve_runs["neg"]}, settings)
+    with TestClient(app) as client, ThreadPoolExecutor(12) as pool:
+        replies = list(
+            pool.map(
+                lambda i: client.post("/predict", json={"texts": [TEXTS[i % 4]]}).json(),
+                range(12),
+            )
+        )
+        assert [r["predictions"][0]["text"] for r in replies] == [TEXTS[i % 4] for i in range(12)]
+        buckets = batch_histogram(client)
+        forwards = buckets["+Inf"]
+        assert forwards < 12, "12 concurrent single-text requests should share forwards"
+        assert buckets["1.0"] < forwards, "at least one forward held more than one request"
+        assert "lmtune_predicted_items_total 12.0" in client.get("/metrics").text
+
+    # --no-batching: every request is its own forward.
+    settings = ServeSettings(max_wait_ms=300, batching=False)
+    with (
+        TestClient(create_app(serve_runs["pos"], settings=settings)) as client,
+        ThreadPoolExecutor(6) as pool,
+    ):
+        list(pool.map(lambda i: client.post("/predict", json={"texts": [TEXTS[i % 4]]}), range(6)))
+        buckets = batch_histogram(client)
+        assert buckets["1.0"] == buckets["+Inf"] == 6
+
+
+def test_admin_adapters(serve_runs, expected, tmp_path, monkeypatch):
+    with TestClient(create_app(serve_runs["pos"])) as client:
+        r = client.post("/admin/adapters", json={"name": "neg", "run_dir": str(serve_runs["neg"])})
+        assert r.status_code == 403 and "disabled" in r.json()["detail"]
+        assert client.delete("/admin/adapters/default").status_code == 403
+
+    app = create_app(serve_runs["pos"], settings=ServeSettings(admin_token="s3cret"))
+    auth = {"Authorization": "Bearer s3cret"}
+    with TestClient(app) as client:
+        body = {"name": "neg", "run_dir": str(serve_runs["neg"])}
+        assert client.post("/admin/adapters", json=body).status_code == 401
+        bad = {"Authorization": "Bearer wrong"}
+        assert client.post("/admin/adapters", json=body, headers=bad).status_code == 401
+        r = client.post("/admin/adapters", json=body, headers=auth)
+        assert r.status_code == 201 and r.json()["shared_base_model"] is True
+        rows = client.post("/predict", json={"texts": TEXTS, "adapter": "neg"}).json()["predictions"]
+        assert_same(rows, expected["neg"])
+        assert client.post("/admin/adapters", json=body, headers=auth).status_code == 409
+
+        for run_dir, message in (
+            (tmp_path / "missing", "is not an lmtune run"),
+            (serve_runs["pos"] / "model", "is not an lmtune run"),
+        ):
+            r = client.post("/admin/adapters", json={"name": "x", "run_dir": str(run_dir)}, headers=auth)
+            assert r.status_code == 422 and message in r.json()["detail"]
+        r = client.post("/admin/adapters", json={"name": "a/b", "run_dir": "x"}, headers=auth)
+        assert r.status_code == 422
+
+        # A run with other labels cannot share the server: refused with what differs.
+        other = tmp_path / "other-labels"
+        shutil.copytree(serve_runs["neg"], other)
+        cfg = yaml.safe_load((other / "config.yaml").read_text())
+        cfg["data"]["labels"] = ["bad", "good"]
+        (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+        r = client.post("/admin/adapters", json={"name": "other", "run_dir": str(other)}, headers=auth)
+        assert r.status_code == 422
+        assert (
+            "its labels is ['bad', 'good'], the served run's is ['negative', 'positive']"
+            in r.json()["detail"]
+        )
+
+        assert client.delete("/admin/adapters/neg", headers=auth).json()["adapters"] == ["default"]
+        r = client.post("/predict", json={"texts": TEXTS, "adapter": "neg"})
+        assert r.status_code == 404 and "available: default" in r.json()["detail"]
+        assert client.delete("/admin/adapters/neg", headers=auth).status_code == 404
+        assert client.delete("/admin/adapters/default", headers=auth).status_code == 422
+        assert_same(client.post("/predict", json={"texts": TEXTS}).json()["predictions"], expected["pos"])
+
+
+def test_startup_refuses_bad_adapters(serve_runs, tmp_path):
+    other = tmp_path / "other-base"
+    shutil.copytree(serve_runs["neg"], other)
+    cfg = yaml.safe_load((other / "config.yaml").read_text())
+    cfg["model"]["name"] = "all-MiniLM-L6-v2"
+    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(LmtuneError, match="its base model is"):
+        create_app(serve_runs["pos"], {"other": other})
+    with pytest.raises(LmtuneError, match="invalid adapter name"):
+        create_app(serve_runs["pos"], {"../x": serve_runs["neg"]})
+    with pytest.raises(LmtuneError, match="already loaded"):
+        create_app(serve_runs["pos"], {"default": serve_runs["neg"]})
+    state = json.loads((other / "run.json").read_text())
+    (other / "run.json").write_text(json.dumps({**state, "status": "running"}))
+    with pytest.raises(LmtuneError, match="did not finish"):
+        create_app(serve_runs["pos"], {"other": other})
+
+
+@pytest.mark.slow
+def test_two_minilm_lora_adapters_answer_oppositely(tmp_path):
+    """Real packaged model: one base MiniLM, two LoRA adapters trained on opposite labels."""
+    from tests.serving.conftest import train_run
+
+    pos = train_run("all-MiniLM-L6-v2", tmp_path / "pos", flipped=False, epochs=2, learning_rate=5e-3)
+    neg = train_run("all-MiniLM-L6-v2", tmp_path / "neg", flipped=True, epochs=2, learning_rate=5e-3)
+    texts = ["the hotel was wonderful", "this book was terrible", "the show was brilliant"]
+    with TestClient(create_app(pos, {"flipped": neg})) as client:
+        a = client.post("/predict", json={"texts": texts}).json()["predictions"]
+        b = client.post("/predict", json={"texts": texts, "adapter": "flipped"}).json()["predictions"]
+    assert_same(a, load_run(pos).predict(texts))
+    assert_same(b, load_run(neg).predict(texts))
+    # Same base model in memory, opposite answers: the flipped adapter ranks the texts reversed.
+    pa, pb = ([r["scores"]["positive"] for r in rows] for rows in (a, b))
+    assert pa[0] > pa[1] < pa[2] and pb[0] < pb[1] > pb[2], (pa, pb)
