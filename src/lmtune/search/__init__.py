@@ -1,0 +1,1 @@
+"""Experiments: Optuna hyperparameter sweeps (`sweep.py`), method comparison (`compare.py`), plots."""

@@ -1,0 +1,243 @@
+"""Method comparison: `lmtune compare --methods lora,bitfit,... --output-dir DIR`.
+
+Every method trains on the same data, model and budget (the same config, only `method.name`
+differs), each at its own default learning rate, or with a small per-method learning-rate
+sweep. Each method runs in its own process (`lmtune train` / `lmtune sweep`), so the peak
+resident memory reported is that method's own (Python, torch, model and training state; the
+differences between methods are what matters). Re-running the command reuses finished runs.
+
+Writes DIR/comparison.{md,csv,json}, DIR/pareto.png (metric vs trainable parameters) and
+DIR/methods.png, and a recommendation computed from the numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmtune.config import RunConfig, set_dotted
+from lmtune.errors import LmtuneError
+from lmtune.io import write_json, write_text
+
+# A per-method sweep searches the learning rate this factor either side of the method's default.
+LR_SPAN = 4.0
+
+
+def _dir_size_mb(path: Path) -> float:
+    return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 3)
+
+
+def _method_config(
+    base: dict[str, Any], method: str, out: Path, per_method_sweep: int | None
+) -> dict[str, Any]:
+    from lmtune.methods import get_method_class
+
+    raw = copy.deepcopy(base)
+    set_dotted(raw, ["method", "name"], method)
+    raw["output_dir"] = str(out / method)
+    if per_method_sweep:
+        lr = raw.get("train", {}).get("learning_rate") or get_method_class(method).default_learning_rate
+        raw["sweep"] = {
+            "sampler": "tpe",
+            "n_trials": per_method_sweep,
+            "pruner": "none",
+            "space": {
+                "train.learning_rate": {
+                    "type": "float",
+                    "low": lr / LR_SPAN,
+                    "high": lr * LR_SPAN,
+                    "log": True,
+                }
+            },
+        }
+    return raw
+
+
+def _last_error_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors[-1] if errors else (lines[-1] if lines else "no output"))[:300]
+
+
+def _run_method(raw: dict[str, Any], method: str, out: Path, per_method_sweep: int | None) -> dict[str, Any]:
+    """Train one method in a subprocess; returns its row (status ok/skipped/failed)."""
+    from lmtune.training.tracking import EXPERIMENT_ENV, TRACKING_DIR_ENV
+
+    config_path = out / "configs" / f"{method}.yaml"
+    write_text(config_path, yaml.safe_dump(raw, sort_keys=False))
+    run_dir = out / method
+    if per_method_sweep:
+        command = [sys.executable, "-m", "lmtune", "sweep", str(config_path), "--output-dir", str(run_dir)]
+    else:
+        command = [sys.executable, "-m", "lmtune", "train", str(config_path)]
+    env = {
+        **os.environ,
+        TRACKING_DIR_ENV: str(out.resolve()),
+        EXPERIMENT_ENV: f"compare-{out.resolve().name}",
+    }
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    row: dict[str, Any] = {"method": method, "run_dir": str(run_dir)}
+    if proc.returncode != 0:
+        started = (run_dir / "run.json").exists() or any(run_dir.glob("trial-*/run.json"))
+        # Exit code 2 is an LmtuneError; before anything ran it means the method does not apply.
+        row["status"] = "skipped" if proc.returncode == 2 and not started else "failed"
+        row["reason"] = _last_error_line(proc.stderr or proc.stdout)
+        return row
+    if per_method_sweep:
+        summary = json.loads((run_dir / "sweep.json").read_text(encoding="utf-8"))
+        if not summary.get("best"):
+            return {**row, "status": "failed", "reason": "no trial of the learning-rate sweep completed"}
+        run_dir = Path(summary["best"]["run_dir"])
+        row["run_dir"] = str(run_dir)
+        row["sweep_trials"] = len(summary["trials"])
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    resolved = RunConfig.from_yaml(run_dir / "config.yaml")
+    t = metrics["train"]
+    metric = resolved.train.metric_for_best_model
+    row.update(
+        status="ok",
+        metric_name=metric,
+        metric=metrics.get("validation", {}).get(metric),
+        test_metric=metrics.get("test", {}).get(metric),
+        trainable_params=t["trainable_params"],
+        trainable_percent=t["trainable_percent"],
+        runtime_s=t["runtime_s"],
+        samples_per_second=t["samples_per_second"],
+        peak_rss_mb=t["peak_rss_mb"],
+        size_on_disk_mb=_dir_size_mb(run_dir / "model"),
+        learning_rate=resolved.train.learning_rate,
+    )
+    return row
+
+
+def recommend(rows: list[dict[str, Any]], greater: bool) -> dict[str, Any]:
+    """Best quality, best quality per trainable parameter, fastest within one point of the best."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("metric") is not None]
+    if not ok:
+        return {}
+    sign = 1.0 if greater else -1.0
+    best = max(ok, key=lambda r: sign * r["metric"])
+    # "One point": 0.01 on metrics that live in [0, 1] (accuracy, F1), 1.0 on other scales.
+    point = 0.01 if all(0.0 <= r["metric"] <= 1.0 for r in ok) else 1.0
+    close = [r for r in ok if sign * (best["metric"] - r["metric"]) <= point + 1e-12]
+    fastest = min(close, key=lambda r: r["runtime_s"])
+    per_param = max(ok, key=lambda r: sign * r["metric"] / max(r["trainable_params"], 1))
+    return {
+        "best_quality": best["method"],
+        "best_quality_per_trainable_parameter": per_param["method"],
+        "fastest_within_one_point": fastest["method"],
+        "one_point": point,
+    }
+
+
+def compare(
+    base: dict[str, Any],
+    methods: list[str] | None,
+    output_dir: str | Path,
+    per_method_sweep: int | None = None,
+) -> dict[str, Any]:
+    """Train each method on the same config; write the comparison table, plots and recommendation."""
+    from lmtune.methods import METHODS
+    from lmtune.search.plots import bars_png, pareto_front, pareto_png
+    from lmtune.search.sweep import objective_metric
+
+    out = Path(output_dir)
+    base = copy.deepcopy(base)
+    base.pop("sweep", None)
+    chosen = methods or METHODS.names()
+    for name in chosen:
+        METHODS.get(name)  # unknown names fail here, with a suggestion, before anything trains
+    if len(set(chosen)) != len(chosen):
+        raise LmtuneError("--methods lists a method twice")
+    probe = RunConfig.from_dict({**base, "output_dir": str(out / "probe")}, source="compare")
+    metric, greater = objective_metric(probe)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in chosen:
+        rows.append(
+            _run_method(_method_config(base, name, out, per_method_sweep), name, out, per_method_sweep)
+        )
+    ok = [r for r in rows if r["status"] == "ok" and r.get("metric") is not None]
+    plots = {}
+    if ok:
+        plots["pareto"] = pareto_png(ok, metric, greater, out / "pareto.png")
+        plots["bars"] = bars_png(ok, metric, out / "methods.png")
+    advice = recommend(rows, greater)
+    front = pareto_front(ok, greater) if ok else []
+    result = {
+        "metric": metric,
+        "greater_is_better": greater,
+        "per_method_sweep": per_method_sweep,
+        "rows": rows,
+        "pareto_front": front,
+        "recommendation": advice,
+        "plots": plots,
+    }
+    write_json(out / "comparison.json", result)
+    _write_table(out, rows, metric, advice)
+    return result
+
+
+COLUMNS = [
+    ("method", "method"),
+    ("status", "status"),
+    ("metric", "validation"),
+    ("test_metric", "test"),
+    ("trainable_params", "trainable params"),
+    ("trainable_percent", "trainable %"),
+    ("runtime_s", "train time (s)"),
+    ("samples_per_second", "samples/s"),
+    ("peak_rss_mb", "peak RSS (MB)"),
+    ("size_on_disk_mb", "saved size (MB)"),
+    ("learning_rate", "learning rate"),
+]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _write_table(out: Path, rows: list[dict[str, Any]], metric: str, advice: dict[str, Any]) -> None:
+    with open(out / "comparison.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([key for key, _ in COLUMNS] + ["reason"])
+        for r in rows:
+            writer.writerow([r.get(key) for key, _ in COLUMNS] + [r.get("reason", "")])
+    lines = [
+        f"# Method comparison (validation/test {metric})\n",
+        "| " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|---|---|" + "---:|" * (len(COLUMNS) - 2),
+    ]
+    for r in rows:
+        if r["status"] == "ok":
+            lines.append("| " + " | ".join(_cell(r.get(key)) for key, _ in COLUMNS) + " |")
+    skipped = [r for r in rows if r["status"] != "ok"]
+    if skipped:
+        lines += ["", "Not compared:"]
+        lines += [f"- {r['method']} ({r['status']}): {r.get('reason', '')}" for r in skipped]
+    lines.append("")
+    if advice:
+        lines.append(
+            f"**Recommendation.** Best validation {metric}: **{advice['best_quality']}**. "
+            f"Best {metric} per trainable parameter: **{advice['best_quality_per_trainable_parameter']}**. "
+            f"Fastest to train within {advice['one_point']:g} of the best: "
+            f"**{advice['fastest_within_one_point']}**."
+        )
+        lines += ["", "![pareto](pareto.png)", "", "![methods](methods.png)"]
+    lines.append(
+        "\nPeak RSS is each method's own process (Python, torch, model and training state). "
+        "Saved size is the run's model/ directory (adapter + head for peft methods)."
+    )
+    write_text(out / "comparison.md", "\n".join(lines) + "\n")
