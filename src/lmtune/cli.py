@@ -1,4 +1,5 @@
-"""The `lmtune` command line: train, eval, predict, models, methods, tasks.
+"""The `lmtune` command line: train, eval, predict, serve, sweep, compare, ensemble, export, distill,
+models, methods, tasks.
 
 Every command builds the same `RunConfig` as the YAML file and the Python API. A user
 error prints one line and exits with code 2; there is no traceback for those.
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.table import Table as RichTable
 
 from lmtune.errors import LmtuneError
@@ -165,6 +167,239 @@ def predict(
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+# ---- serve ------------------------------------------------------------------------------------
+@app.command()
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (served as adapter 'default').")],
+    adapter: Annotated[
+        list[str] | None,
+        typer.Option(help="Extra adapter NAME=RUN_DIR on the same base model (repeatable)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind; the default is local only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Items per model forward.")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a batch waits to fill.")] = 10.0,
+    max_queue: Annotated[int, typer.Option(min=1, help="Requests waiting before 503.")] = 256,
+    timeout_s: Annotated[float, typer.Option(min=0.001, help="Per-request limit before 504.")] = 30.0,
+    max_request_items: Annotated[int, typer.Option(min=1, help="Inputs per request before 413.")] = 64,
+    max_text_chars: Annotated[int, typer.Option(min=1, help="Characters per request before 413.")] = 20_000,
+    no_batching: Annotated[bool, typer.Option(help="One forward per request (for comparison).")] = False,
+    admin_token_env: Annotated[
+        str, typer.Option(help="Env var holding the bearer token for /admin (unset: admin disabled).")
+    ] = "LMTUNE_ADMIN_TOKEN",
+) -> None:
+    """Serve a run over HTTP: POST /predict, GET /info, /health, /metrics, /docs."""
+    extra: dict[str, str] = {}
+    for spec in adapter or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise LmtuneError(f"--adapter {spec!r}: expected NAME=RUN_DIR", hint="e.g. --adapter v2=runs/v2")
+        if name in extra:
+            raise LmtuneError(f"--adapter {name} is given twice")
+        extra[name] = path
+    _quiet_libraries()
+    import uvicorn
+
+    from lmtune.serving.app import ServeSettings, check_adapter_name, create_app
+
+    for name in extra:
+        check_adapter_name(name)
+    settings = ServeSettings(
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        timeout_s=timeout_s,
+        max_request_items=max_request_items,
+        max_text_chars=max_text_chars,
+        batching=not no_batching,
+        admin_token=os.environ.get(admin_token_env) or None,
+    )
+    server = create_app(run_dir, extra, settings)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(f"[yellow]warning:[/yellow] listening on {host}: reachable from other machines")
+    admin = f"on (token in ${admin_token_env})" if settings.admin_token else "off"
+    err_console.print(
+        f"serving {run_dir} (+{len(extra)} adapters) on http://{host}:{port}  docs: /docs  admin: {admin}",
+        soft_wrap=True,
+    )
+    uvicorn.run(server, host=host, port=port, log_level="info")
+
+
+# ---- experiments: sweep, compare, ensemble ------------------------------------------------------
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Argument(help="YAML run config with a `sweep:` section.")],
+    output_dir: Annotated[
+        str, typer.Option("--output-dir", "-o", help="Sweep directory (study.db, trials).")
+    ],
+    n_jobs: Annotated[
+        int, typer.Option(min=1, help="Trials in parallel threads (on a 2-core machine this rarely helps).")
+    ] = 1,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any key of the config.")] = None,
+) -> None:
+    """Search hyperparameters with Optuna; re-running the same command resumes the sweep."""
+    from lmtune.search.sweep import load_sweep_config
+    from lmtune.search.sweep import sweep as run_sweep
+
+    raw = load_sweep_config(config, list(set_ or []))
+    _quiet_libraries()
+    summary = run_sweep(raw, output_dir, n_jobs=n_jobs, source=str(config))
+    text = (Path(output_dir) / "summary.md").read_text(encoding="utf-8")
+    console.print(Markdown("\n".join(line for line in text.splitlines() if not line.startswith("!["))))
+    if summary["best"]:
+        console.print(f"best config: [bold]{Path(output_dir) / 'best.yaml'}[/bold]")
+
+
+@app.command()
+def compare(
+    config: Annotated[
+        Path | None, typer.Argument(help="YAML run config (optional if flags say enough).")
+    ] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="Comma-separated methods; default: every registered method.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model: packaged name, local dir or hub id.")] = None,
+    task: Annotated[str | None, typer.Option(help="Task type, e.g. classification.")] = None,
+    train_file: Annotated[str | None, typer.Option("--train", help="Training data file.")] = None,
+    validation: Annotated[str | None, typer.Option(help="Validation data file.")] = None,
+    test: Annotated[str | None, typer.Option(help="Test data file.")] = None,
+    output_dir: Annotated[
+        str, typer.Option("--output-dir", "-o", help="Comparison directory.")
+    ] = "runs/compare",
+    epochs: Annotated[float | None, typer.Option(help="Sets train.epochs.")] = None,
+    per_method_sweep: Annotated[
+        int | None, typer.Option(min=1, help="Per method, sweep the learning rate over N trials.")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any key of the config.")] = None,
+) -> None:
+    """Train several methods on the same data and budget; table, Pareto plot and recommendation."""
+    from lmtune.config import apply_overrides, load_yaml
+    from lmtune.search.compare import compare as run_compare
+
+    raw: dict[str, Any] = load_yaml(config) if config else {}
+    flags = {
+        "model.name": model,
+        "task.type": task,
+        "data.train": train_file,
+        "data.validation": validation,
+        "data.test": test,
+        "train.epochs": epochs,
+    }
+    overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
+    raw = apply_overrides(raw, overrides + list(set_ or []))
+    if "model" not in raw:
+        raise LmtuneError("no model given", hint="pass --model NAME or set `model:` in the config")
+    chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    _quiet_libraries()
+    result = run_compare(raw, chosen, output_dir, per_method_sweep)
+    text = (Path(output_dir) / "comparison.md").read_text(encoding="utf-8")
+    console.print(Markdown("\n".join(line for line in text.splitlines() if not line.startswith("!["))))
+    if not result["recommendation"]:
+        raise LmtuneError("no method finished", hint=f"see the reasons in {output_dir}/comparison.md")
+
+
+@app.command()
+def ensemble(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more finished classification runs.")],
+    data: Annotated[str, typer.Option(help="Labelled data file to evaluate on.")],
+    output: Annotated[Path | None, typer.Option(help="Write the metrics as JSON here.")] = None,
+) -> None:
+    """Average the class probabilities of several runs; the ensemble's metrics beside each member's."""
+    from lmtune.ensemble import ensemble as run_ensemble
+    from lmtune.io import write_json
+
+    _quiet_libraries()
+    result = run_ensemble(list(run_dirs), data)
+    keys = [k for k, v in result["ensemble"].items() if isinstance(v, float)]
+    table = RichTable("model", *keys, title=f"Ensemble on {data}")
+    table.add_row("ensemble (mean probabilities)", *(f"{result['ensemble'][k]:.4f}" for k in keys))
+    for name, metrics in result["members"].items():
+        table.add_row(name, *(f"{metrics[k]:.4f}" for k in keys))
+    console.print(table)
+    if output:
+        write_json(output, result)
+        console.print(f"metrics written to {output}")
+
+
+# ---- export and distill -----------------------------------------------------------------------
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    to: Annotated[Path, typer.Option("--to", help="Directory for the variants and the table.")],
+    merge: Annotated[bool, typer.Option(help="Merge LoRA-family adapters into a plain model.")] = True,
+    keep_adapter: Annotated[bool, typer.Option(help="Also copy the run's adapter as trained.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Dynamic int8 variant for CPU.")] = False,
+    prune: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Magnitude-prune to this sparsity, e.g. 0.5.")
+    ] = None,
+    prune_heads: Annotated[int | None, typer.Option(min=1, help="Remove this many attention heads.")] = None,
+    recover_steps: Annotated[
+        int, typer.Option(min=0, help="Fine-tune pruned variants this many steps on the run's train data.")
+    ] = 0,
+    onnx: Annotated[bool, typer.Option("--onnx", help="ONNX variant, checked with onnxruntime.")] = False,
+    benchmark: Annotated[bool, typer.Option(help="Measure CPU latency at batch 1 and 32.")] = True,
+) -> None:
+    """Write merged/int8/pruned/ONNX variants of a run and a table comparing them."""
+    from lmtune.compress.export import TABLE_MD, ExportOptions, export_run
+
+    _quiet_libraries()
+    options = ExportOptions(
+        merge=merge,
+        keep_adapter=keep_adapter,
+        int8=int8,
+        prune=prune,
+        prune_heads=prune_heads,
+        recover_steps=recover_steps,
+        onnx=onnx,
+        benchmark=benchmark,
+    )
+    export_run(run_dir, to, options)
+    console.print(Markdown((to / TABLE_MD).read_text(encoding="utf-8")))
+    console.print(f"\nvariants and table: [bold]{to}[/bold] ({TABLE_MD}, export.json)")
+
+
+@app.command()
+def distill(
+    teacher: Annotated[Path, typer.Option(help="The teacher: a finished run directory.")],
+    student: Annotated[str, typer.Option(help="Student model: packaged name, local dir or hub id.")],
+    output_dir: Annotated[str, typer.Option("--output-dir", "-o", help="Run directory for the student.")],
+    method: Annotated[str, typer.Option(help="Fine-tuning method for the student.")] = "lora",
+    temperature: Annotated[float, typer.Option(help="Softmax temperature of the soft labels.")] = 2.0,
+    alpha: Annotated[float, typer.Option(help="Weight of the soft labels (1 - alpha: gold labels).")] = 0.5,
+    student_layers: Annotated[
+        int | None, typer.Option(min=1, help="Keep only the student's bottom N layers.")
+    ] = None,
+    epochs: Annotated[float | None, typer.Option(help="Sets train.epochs.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override any key: --set train.batch_size=32")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run in the output dir.")] = False,
+) -> None:
+    """Train a student on a run's soft labels; the result is a normal run directory."""
+    from lmtune.compress.distill import distill as run_distill
+
+    _quiet_libraries()
+    overrides = list(set_ or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
+    console.print(f"[bold]lmtune distill[/bold] {teacher} -> {student} ({method}) -> {output_dir}")
+    run = run_distill(
+        teacher,
+        student,
+        output_dir=output_dir,
+        method=method,
+        temperature=temperature,
+        alpha=alpha,
+        student_layers=student_layers,
+        overrides=overrides,
+        overwrite=overwrite,
+    )
+    record = run.metrics.get("distillation", {})
+    for name, metrics in (("teacher", record.get("teacher_test")), ("student", run.metrics.get("test"))):
+        if metrics:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+            console.print(f"{name} test: {shown}")
+    console.print(f"\nrun directory: [bold]{run.directory}[/bold] (report.md, metrics.json, model/)")
+
+
 # ---- listings ---------------------------------------------------------------------------------
 @app.command()
 def models() -> None:
@@ -217,7 +452,7 @@ def main() -> None:
     try:
         app()
     except LmtuneError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted: re-run the same command to resume from the last checkpoint")

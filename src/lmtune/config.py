@@ -115,6 +115,26 @@ def _validated_options(options_model: type[BaseModel], extra: dict[str, Any] | N
         raise OptionsError(LmtuneError(f"invalid value for '{key}': {msg}{got}")) from None
 
 
+class AugmentConfig(_Strict):
+    """Text augmentation of the training split (classification): EDA-style word edits."""
+
+    ops: list[Literal["delete", "swap", "insert", "synonym"]] | None = Field(
+        default=None,
+        min_length=1,
+        description="Edits to draw from; default: delete and swap, plus insert and synonym "
+        "when a synonym source (word list or WordNet) is available.",
+    )
+    ratio: float = Field(
+        default=0.5, ge=0, le=10, description="Augmented copies added per training row (0.5: +50%)."
+    )
+    p: float = Field(default=0.1, gt=0, le=0.5, description="Share of a text's words each edit touches.")
+    synonyms: str | None = Field(
+        default=None,
+        description="Word list, one group of comma-separated synonyms per line; null: WordNet if installed.",
+    )
+    seed: int | None = Field(default=None, description="Augmentation seed; default train.seed.")
+
+
 class DataConfig(_Strict):
     """Where the data is and how to read it."""
 
@@ -159,6 +179,9 @@ class DataConfig(_Strict):
     )
     max_train_samples: int | None = Field(
         default=None, ge=1, description="Train on a seeded random subset of this size (quick experiments)."
+    )
+    augment: AugmentConfig | None = Field(
+        default=None, description="Add augmented copies of training rows (train split only)."
     )
 
 
@@ -212,6 +235,12 @@ class TrainConfig(_Strict):
         default_factory=lambda: ["tensorboard"], description="tensorboard, mlflow, wandb."
     )
 
+    @field_validator("eval_strategy", "save_strategy", mode="before")
+    @classmethod
+    def _no_is_a_word(cls, value: Any) -> Any:
+        # `eval_strategy: no` in a YAML file arrives as False.
+        return "no" if value is False else value
+
     @model_validator(mode="after")
     def _check_strategies(self) -> TrainConfig:
         if self.eval_strategy == "steps" and self.eval_steps is None:
@@ -219,6 +248,65 @@ class TrainConfig(_Strict):
         if self.save_strategy == "steps" and self.save_steps is None:
             raise ValueError("save_strategy 'steps' needs save_steps")
         return self
+
+
+class SweepParam(_Strict):
+    """One dimension of a sweep's search space."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(default=None, gt=0)
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepParam:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs 'low' and 'high'")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        if self.log and self.step is not None:
+            raise ValueError("'log' and 'step' cannot be combined")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale parameter needs low > 0")
+        if self.type == "int" and any(
+            v is not None and not float(v).is_integer() for v in (self.low, self.high, self.step)
+        ):
+            raise ValueError("an int parameter needs whole-number low, high and step")
+        return self
+
+
+class SweepConfig(_Strict):
+    """Hyperparameter search (`lmtune sweep`): what to vary, how to sample, when to stop."""
+
+    sampler: Literal["grid", "random", "tpe"] = "tpe"
+    n_trials: int | None = Field(
+        default=None, ge=1, description="Trials in total (resumes count); default 10, grid: the whole grid."
+    )
+    timeout_s: float | None = Field(default=None, gt=0, description="Stop starting trials after this long.")
+    pruner: Literal["none", "median", "halving"] = Field(
+        default="median", description="Stop weak trials early from their per-epoch validation metric."
+    )
+    space: dict[str, SweepParam] = Field(min_length=1, description="Dotted config key -> parameter.")
+    direction: Literal["auto", "maximize", "minimize"] = Field(
+        default="auto", description="auto: from the metric (the task's greater_is_better)."
+    )
+    seed: int = 42
+
+    @field_validator("space")
+    @classmethod
+    def _dotted_keys(cls, space: dict[str, SweepParam]) -> dict[str, SweepParam]:
+        for key in space:
+            parts = key.split(".")
+            sections = ("task", "method", "data", "train")
+            if len(parts) < 2 or any(not p for p in parts) or parts[0] not in sections:
+                raise ValueError(f"space key '{key}' must be a dotted key in task/method/data/train")
+        return space
 
 
 class RunConfig(_Strict):
@@ -230,6 +318,7 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output_dir: str = Field(default="runs/run", description="Run directory.")
+    sweep: SweepConfig | None = Field(default=None, description="Search space for `lmtune sweep`.")
 
     @model_validator(mode="before")
     @classmethod
@@ -251,13 +340,22 @@ class RunConfig(_Strict):
             return cls.model_validate(raw)
         except ValidationError as exc:
             raise config_error(exc, source) from None
+        except LmtuneError as exc:  # raised by a registry lookup (unknown method/task) in a validator
+            raise LmtuneError(f"{source}: {exc.message}", hint=exc.hint) from None
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> RunConfig:
         return cls.from_dict(apply_overrides(load_yaml(path), overrides or []), source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        raw = self.model_dump(mode="json")
+        # Optional sections that are unset stay out, so configs (and run fingerprints) of runs
+        # that do not use them are unchanged.
+        if raw.get("sweep") is None:
+            raw.pop("sweep", None)
+        if raw["data"].get("augment") is None:
+            raw["data"].pop("augment", None)
+        return raw
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
@@ -265,6 +363,7 @@ class RunConfig(_Strict):
 
 # ---- helpers ---------------------------------------------------------------------------
 _SHORTHANDS = {"model": "name", "task": "type", "method": "name"}
+_YAML11_BOOLEAN_WORDS = {"no", "yes", "on", "off", "y", "n"}
 _SECTION_DEFAULTS = {"task": "classification", "method": "lora"}
 
 
@@ -286,7 +385,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f", line {mark.line + 1}" if mark is not None else ""
-        raise LmtuneError(f"{path}{at}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line, always
+        raise LmtuneError(f"{path}{at}: not valid YAML ({problem})") from None
     except UnicodeDecodeError:
         raise LmtuneError(f"{path}: not UTF-8 text", hint="save the config as UTF-8") from None
     if raw is None:
@@ -306,6 +406,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise LmtuneError(
             f"--set {item!r}: empty key", hint="use dotted keys such as train.learning_rate=5e-4"
         )
+    if value.strip().lower() in _YAML11_BOOLEAN_WORDS:
+        # YAML 1.1 reads `no`/`off` as False; `--set train.eval_strategy=no` means the word.
+        # Boolean fields still accept these words (pydantic parses them), so nothing is lost.
+        return key.split("."), value.strip()
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:

@@ -140,10 +140,22 @@ def _resolve(cfg: RunConfig, task: Any, method_cls: Any) -> RunConfig:
     return RunConfig.from_dict(raw)
 
 
-def train(cfg: RunConfig, *, overwrite: bool = False) -> Run:
-    """Fine-tune according to `cfg`; returns the finished run (also on disk in cfg.output_dir)."""
+def train(
+    cfg: RunConfig, *, overwrite: bool = False, trainer_class: Any = None, callbacks: list[Any] | None = None
+) -> Run:
+    """Fine-tune according to `cfg`; returns the finished run (also on disk in cfg.output_dir).
+
+    `trainer_class` replaces the Trainer (a subclass with its own loss, e.g. distillation).
+    `callbacks` are extra Trainer callbacks (e.g. a sweep's pruning callback); they change
+    neither the run's configuration nor its fingerprint.
+    """
     from transformers import set_seed
 
+    if cfg.sweep is not None:
+        raise LmtuneError(
+            "this config has a `sweep:` section, which `lmtune train` does not run",
+            hint="run it with `lmtune sweep CONFIG --output-dir DIR`, or remove the sweep: section",
+        )
     status = prepare_output_dir(cfg, overwrite)
     out = Path(cfg.output_dir)
     if status == "complete":
@@ -211,7 +223,14 @@ def train(cfg: RunConfig, *, overwrite: bool = False) -> Run:
         task,
         tokenized["train"],
         tokenized["validation"],
-        [JsonlLogCallback(out / "train_log.jsonl"), nan_guard, sealer, *method.callbacks()],
+        [
+            JsonlLogCallback(out / "train_log.jsonl"),
+            nan_guard,
+            sealer,
+            *method.callbacks(),
+            *(callbacks or []),
+        ],
+        trainer_class=trainer_class,
     )
     # A kill can leave a half-written checkpoint; only sealed, intact ones are resumed from.
     removed = remove_unusable(out, fingerprint(cfg)) if status == "resume" else []

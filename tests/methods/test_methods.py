@@ -15,8 +15,9 @@ from lmtune.config import RunConfig
 from lmtune.methods import METHODS
 
 HIDDEN, LAYERS, LABELS = 384, 6, 2
-# Prompt tuning is known to converge slowly (Lester et al., 2021): 3 epochs of this tiny set
-# leave it near chance, 8 reach the accuracy bar.
+# 5 epochs of 8 steps put every method clearly past the accuracy bar whatever the batch order
+# (3 left LoRA near it). Prompt tuning converges slowly (Lester et al., 2021) and gets 8.
+TRAIN = {"epochs": 5}
 TRAIN_OVERRIDES = {"prompt-tuning": {"epochs": 8}}
 
 
@@ -62,7 +63,7 @@ def test_method_trains_and_reloads(method, minilm_path, sentiment_files, tmp_pat
             sentiment_files,
             tmp_path / method,
             method={"name": method},
-            train=TRAIN_OVERRIDES.get(method, {}),
+            train=TRAIN | TRAIN_OVERRIDES.get(method, {}),
         )
     )
     run = lmtune.train(cfg)

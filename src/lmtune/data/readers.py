@@ -86,6 +86,10 @@ def read_table(path: str | Path, fmt: str = "auto") -> Table:
         table = reader(path, text, fmt) if fmt in ("csv", "tsv") else reader(path, text)
     if not table.rows:
         raise LmtuneError(f"{path}: no data rows (only a header?)", hint="add at least one labelled example")
+    if not table.columns:  # e.g. JSON records that are all {}: nothing to find a column in
+        raise LmtuneError(
+            f"{path}: the records have no fields", hint="give each record text and label fields"
+        )
     return table
 
 
@@ -134,8 +138,10 @@ def _read_delimited(path: Path, text: str, fmt: str) -> Table:
         except StopIteration:
             break
         except csv.Error as exc:
+            # The record that fails starts on the line after the previous record ended; csv's
+            # line_num is where it gave up (for an unclosed quote: the end of the file).
             raise LmtuneError(
-                f"{path}, line {reader.line_num}: bad {fmt.upper()} quoting ({exc})",
+                f"{path}, line {line + 1}: bad {fmt.upper()} quoting ({exc})",
                 hint='quote fields that contain the delimiter and double embedded quotes ("")',
             ) from None
         start = line + 1

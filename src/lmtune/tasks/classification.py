@@ -13,6 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmtune.data import checks
+from lmtune.data.augment import augment_train
 from lmtune.data.readers import Table, read_table
 from lmtune.errors import LmtuneError
 from lmtune.tasks.base import (
@@ -192,8 +193,12 @@ class ClassificationTask(Task):
                 carved.append(split)
         if d.max_train_samples is not None and d.max_train_samples < len(train):
             train = checks.sample(train, d.max_train_samples, seed)
+        # Augmented copies are added to train only, after every split is carved (data/augment.py).
+        train, augmented = augment_train(train, d.augment, seed)
         splits["train"] = train
         report = self._data_report(splits, train_info, carved)
+        if augmented:
+            report["augmented_train"] = augmented
         datasets = {name: self._to_dataset(records) for name, records in splits.items()}
         return PreparedData(splits=datasets, labels=self.labels, report=report)
 
@@ -407,14 +412,13 @@ class ClassificationTask(Task):
         batch_size: int,
         options: Any = None,
     ) -> list[dict]:
-        from datasets import Dataset
-
         if not inputs:
             return []
-        columns: dict[str, list[Any]] = {"text": [i["text"] for i in inputs]}
-        if any("text_pair" in i for i in inputs):
-            columns["text_pair"] = [i.get("text_pair") or "" for i in inputs]
-        features = [dict(row) for row in self.tokenize(Dataset.from_dict(columns), tokenizer)]
+        # Tokenize directly: a datasets.map per call costs more than the forward pass when serving.
+        pairs = [i.get("text_pair") or "" for i in inputs] if any("text_pair" in i for i in inputs) else None
+        texts = [i["text"] for i in inputs]
+        enc = tokenizer(texts, pairs, truncation=True, max_length=self.cfg.data.max_length)
+        features = [{key: enc[key][n] for key in enc} for n in range(len(inputs))]
         probs = self._forward(model, tokenizer, features, batch_size)
         labels = self.labels or []
         results = []

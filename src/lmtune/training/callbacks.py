@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
 
@@ -36,20 +37,56 @@ class JsonlLogCallback(TrainerCallback):
             fh.write(json.dumps(record) + "\n")
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
-
-
 class NanGuardCallback(TrainerCallback):
-    """Stops training when the logged loss is NaN or infinite, instead of training on garbage."""
+    """Keeps NaN/inf out of the weights: checks the gradients before every optimizer step.
 
-    def __init__(self) -> None:
+    Trainer's `logging_nan_inf_filter` replaces a non-finite step loss by the running mean, so
+    the logged loss alone does not reveal a NaN; the gradients do. On a non-finite gradient the
+    step is skipped by dropping the gradients (torch optimizers leave parameters without a
+    gradient untouched, so weights and optimizer moments stay as they were). Then:
+
+    * ``on_nan="stop"``: training stops and no checkpoint is written after the bad step, so the
+      newest checkpoint is the last good one;
+    * ``on_nan="skip"``: training goes on; `skipped_steps` lists the skipped steps.
+    """
+
+    def __init__(self, on_nan: str = "stop") -> None:
+        self.on_nan = on_nan
         self.bad_step: int | None = None
+        self.skipped_steps: list[int] = []
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        model = kw.get("model")
+        if model is None:
+            return
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads or all(bool(torch.isfinite(g).all()) for g in grads):
+            return
+        step = state.global_step + 1
+        for param in model.parameters():
+            param.grad = None
+        if self.on_nan == "skip":
+            self.skipped_steps.append(step)
+            return
+        self.bad_step = step
+        control.should_training_stop = True
+
+    def _no_save_after_bad_step(self, control: Any) -> None:
+        if self.bad_step is not None:
+            control.should_save = False
+            control.should_evaluate = False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._no_save_after_bad_step(control)
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._no_save_after_bad_step(control)
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
     ) -> None:
         loss = (logs or {}).get("loss")
-        if isinstance(loss, float) and not math.isfinite(loss):
-            self.bad_step = state.global_step
+        if self.on_nan == "stop" and isinstance(loss, float) and not math.isfinite(loss):
+            self.bad_step = self.bad_step or state.global_step
             control.should_training_stop = True
+            control.should_save = False

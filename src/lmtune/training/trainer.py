@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from lmtune.config import RunConfig
 from lmtune.tasks.base import resolve_precision
@@ -32,8 +33,9 @@ def training_arguments(cfg: RunConfig, output_dir: Path, metric: str, greater_is
         and t.save_strategy == t.eval_strategy
         and (t.eval_strategy != "steps" or t.save_steps == t.eval_steps)
     )
-    # TensorBoard is attached by `build_trainer` so its logs land in OUTPUT_DIR/tensorboard.
-    report_to = [r for r in t.report_to if r not in ("none", "tensorboard")] or "none"
+    # TensorBoard, MLflow and W&B are attached by `build_trainer` so their logs stay in the run
+    # (training/tracking.py); other trackers go through transformers' own `report_to`.
+    report_to = [r for r in t.report_to if r not in ("none", "tensorboard", "mlflow", "wandb")] or "none"
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=t.epochs,
@@ -55,7 +57,11 @@ def training_arguments(cfg: RunConfig, output_dir: Path, metric: str, greater_is
         eval_steps=t.eval_steps,
         save_strategy=t.save_strategy,
         save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
+        # lmtune rotates checkpoints itself, after each one is sealed (training/checkpoints.py):
+        # Trainer's rotation runs before a new checkpoint is complete.
+        save_total_limit=None,
+        # Early stopping's patience counter survives a resume, as in an uninterrupted run.
+        restore_callback_states_from_checkpoint=True,
         load_best_model_at_end=load_best,
         metric_for_best_model=metric if load_best else None,
         greater_is_better=greater_is_better,
@@ -75,11 +81,48 @@ def training_arguments(cfg: RunConfig, output_dir: Path, metric: str, greater_is
     )
 
 
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Trainer's length-grouped order, drawn from a generator seeded by (seed, epoch).
+
+    Trainer's LengthGroupedSampler draws from the global torch RNG when its iterator starts. A
+    resumed run starts the interrupted epoch's iterator in a different RNG state (Trainer loads
+    the checkpoint's RNG only after skipping the batches already trained on), so it would see a
+    different order than the uninterrupted run. Seeding per epoch makes the order a function of
+    the epoch alone, which also leaves the global RNG (dropout) untouched by the sampler.
+    """
+
+    def __init__(self, base: LengthGroupedSampler, seed: int) -> None:
+        # datasets returns a lazy Column; indexing it per element costs ~50 us, a list costs nothing.
+        super().__init__(base.batch_size, lengths=[int(n) for n in base.lengths])
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Any:
+        generator = torch.Generator()
+        generator.manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
 class LmtuneTrainer(Trainer):
     """Trainer that also counts the real and padded tokens it trains on (for tokens/s figures)."""
 
     real_tokens = 0
     padded_tokens = 0
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is LengthGroupedSampler:
+            return EpochSeededLengthGroupedSampler(sampler, self.args.data_seed or self.args.seed)
+        return sampler
+
+    def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+        sampler = super()._get_eval_sampler(eval_dataset)
+        if type(sampler) is LengthGroupedSampler:
+            sampler.lengths = [int(n) for n in sampler.lengths]
+        return sampler
 
     def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         ids = inputs.get("input_ids")
@@ -100,7 +143,9 @@ def build_trainer(
     train_dataset: Any,
     eval_dataset: Any,
     extra_callbacks: list[Any],
+    trainer_class: Any = None,
 ) -> Any:
+    """`trainer_class`: a LmtuneTrainer subclass (or a partial of one), e.g. with a distillation loss."""
     from transformers import EarlyStoppingCallback
 
     metric = cfg.train.metric_for_best_model or task.default_metric
@@ -112,9 +157,12 @@ def build_trainer(
         from transformers.integrations import TensorBoardCallback
 
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(output_dir / "tensorboard"))))
+    from lmtune.training.tracking import tracking_callbacks
+
+    callbacks.extend(tracking_callbacks(cfg.train.report_to, output_dir))
     if args.load_best_model_at_end and cfg.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    return LmtuneTrainer(
+    return (trainer_class or LmtuneTrainer)(
         model=model,
         args=args,
         train_dataset=train_dataset,
