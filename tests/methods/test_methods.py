@@ -30,9 +30,11 @@ def expected_trainable(method: str, model: torch.nn.Module) -> int | None:
     if method == "bitfit":  # every bias, plus pooler and classifier weights
         biases = sum(p.numel() for n, p in model.named_parameters() if n.endswith(".bias"))
         return biases + HIDDEN * HIDDEN + HIDDEN * LABELS
-    if method in ("freeze", "gradual-unfreeze"):  # top 2 of 6 layers (gradual: reached by epoch 3)
-        layer = sum(p.numel() for p in model.bert.encoder.layer[0].parameters())
+    layer = sum(p.numel() for p in model.bert.encoder.layer[0].parameters())
+    if method == "freeze":  # top 2 of 6 layers
         return 2 * layer + pooler + head
+    if method == "gradual-unfreeze":  # head in epoch 0, then one more top layer per epoch
+        return (int(TRAIN["epochs"]) - 1) * layer + pooler + head
     ffn = model.config.intermediate_size
     if method == "dora":  # LoRA on query+value plus one magnitude per output feature
         return LAYERS * 2 * (8 * (HIDDEN + HIDDEN) + HIDDEN) + head
