@@ -166,7 +166,7 @@ def attempt(config: Path, mode: str, rng: random.Random, timeout: float = 600) -
     eval_steps = cfg["train"]["eval_steps"]
     proc = _start(config)
     started = time.monotonic()
-    deadline = started + rng.uniform(0.0, 4.0)  # for "step": a random moment once training runs
+    deadline = started + rng.uniform(0.0, 0.5)  # for "step": a random moment once training runs
     while proc.poll() is None:
         if time.monotonic() - started > timeout:
             proc.kill()
@@ -182,7 +182,7 @@ def attempt(config: Path, mode: str, rng: random.Random, timeout: float = 600) -
             proc.wait()
             return True, mode
         if mode == "step" and not training:
-            deadline = time.monotonic() + rng.uniform(0.0, 4.0)
+            deadline = time.monotonic() + rng.uniform(0.0, 0.5)
         time.sleep(0.002)
     if proc.returncode != 0:
         stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""

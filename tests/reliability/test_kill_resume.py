@@ -206,8 +206,9 @@ def test_nan_skip_skips_the_bad_steps_and_finishes(tiny_bert, sentiment_files, t
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_is_bit_identical(tiny_bert, tmp_path):
     kr = _harness()
-    reference = kr.write_config(tmp_path, tiny_bert, "reference", train_rows=96)
-    victim = kr.write_config(tmp_path, tiny_bert, "killed", train_rows=96)
+    # Enough steps (and checkpoint/eval windows) that kills land on a quiet machine too.
+    reference = kr.write_config(tmp_path, tiny_bert, "reference", train_rows=384)
+    victim = kr.write_config(tmp_path, tiny_bert, "killed", train_rows=384)
     kr.run_clean(reference)
     outcome = kr.run_with_kills(victim, kills=3, seed=0)
     assert outcome["finished"]
