@@ -65,6 +65,12 @@ def train(
     resume: Annotated[
         bool, typer.Option(help="Continue an unfinished run (the default for the same config).")
     ] = False,
+    num_processes: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Train in N processes on this machine (accelerate launch; DDP unless configured)."
+        ),
+    ] = 1,
 ) -> None:
     """Fine-tune a model and write a run directory with model, metrics and report."""
     from lmtune.config import RunConfig, apply_overrides, load_yaml
@@ -92,15 +98,53 @@ def train(
     if resume and prepare_output_dir(cfg, overwrite=False) != "resume":
         raise LmtuneError(f"nothing to resume in {cfg.output_dir}", hint="drop --resume to start a new run")
     _quiet_libraries()
-    console.print(f"[bold]lmtune[/bold] {cfg.method.name} on {cfg.model.name} -> {cfg.output_dir}")
+    from lmtune.training import distributed
+
+    if num_processes > 1 and not distributed.is_distributed():
+        _launch_processes(cfg, num_processes, overwrite)
+        _print_report(Path(cfg.output_dir))
+        return
+    if distributed.launched_as_main():
+        console.print(f"[bold]lmtune[/bold] {cfg.method.name} on {cfg.model.name} -> {cfg.output_dir}")
     run = run_train(cfg, overwrite=overwrite)
-    report = run.directory / "report.md"
+    if run is not None:  # None: a non-main process of a multi-process run
+        _print_report(run.directory)
+
+
+def _launch_processes(cfg: Any, num_processes: int, overwrite: bool) -> None:
+    """Re-run this training in `num_processes` processes through accelerate launch.
+
+    The children read the config as validated here (one temporary YAML), so flags, --set and
+    the config file mean exactly the same in every process.
+    """
+    import subprocess
+    import tempfile
+
+    from lmtune.training import distributed
+
+    with tempfile.TemporaryDirectory(prefix="lmtune-launch-") as tmp:
+        config_path = Path(tmp) / "config.yaml"
+        config_path.write_text(cfg.to_yaml(), encoding="utf-8")
+        args = ["train", str(config_path), *(["--overwrite"] if overwrite else [])]
+        command = distributed.launch_command(num_processes, args)
+        console.print(
+            f"[bold]lmtune[/bold] {cfg.method.name} on {cfg.model.name} -> {cfg.output_dir} "
+            f"in {num_processes} processes"
+        )
+        code = subprocess.call(command)
+    if code != 0:
+        # The processes already printed their error; keep the exit status (2 for bad input).
+        raise typer.Exit(code if code in (1, 2) else 1)
+
+
+def _print_report(directory: Path) -> None:
+    report = directory / "report.md"
     if report.exists():
         text = "\n".join(
             line for line in report.read_text(encoding="utf-8").splitlines() if not line.startswith("![")
         )
         console.print(Markdown(text))
-    console.print(f"\nrun directory: [bold]{run.directory}[/bold] (report.md, metrics.json, model/)")
+    console.print(f"\nrun directory: [bold]{directory}[/bold] (report.md, metrics.json, model/)")
 
 
 # ---- eval -------------------------------------------------------------------------------------

@@ -185,6 +185,37 @@ class DataConfig(_Strict):
     )
 
 
+class DistributedConfig(_Strict):
+    """How the processes of `accelerate launch` / `lmtune train --num-processes N` share the work."""
+
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        default="ddp", description="ddp: a full copy per process; fsdp / deepspeed: sharded (GPU)."
+    )
+    backend: Literal["auto", "nccl", "gloo", "mpi"] = Field(
+        default="auto", description="Process-group backend; auto: nccl on GPU, gloo on CPU."
+    )
+    find_unused_parameters: bool | None = Field(
+        default=None, description="DDP's find_unused_parameters; default: the Trainer's choice."
+    )
+    timeout_s: int = Field(default=1800, ge=60, description="Collective-operation timeout.")
+    fsdp_sharding: Literal["full_shard", "shard_grad_op"] = Field(
+        default="full_shard",
+        description="full_shard: parameters, gradients and optimizer state sharded; shard_grad_op: "
+        "parameters kept gathered between forward and backward.",
+    )
+    fsdp_wrap: list[str] | None = Field(
+        default=None, description="Layer classes FSDP wraps; default: the model's own (_no_split_modules)."
+    )
+    fsdp_cpu_offload: bool = Field(default=False, description="Offload FSDP parameters to CPU memory.")
+    deepspeed_stage: Literal[0, 1, 2, 3] = Field(default=2, description="DeepSpeed ZeRO stage.")
+    deepspeed_offload: bool = Field(
+        default=False, description="Offload optimizer state (and at stage 3 parameters) to CPU."
+    )
+    deepspeed_config: str | None = Field(
+        default=None, description="A DeepSpeed JSON config file, used as it is (overrides the stage)."
+    )
+
+
 class TrainConfig(_Strict):
     """Optimisation and schedule. `None` means: the method's or task's sound default."""
 
@@ -233,6 +264,9 @@ class TrainConfig(_Strict):
     torch_compile: bool = False
     report_to: list[str] = Field(
         default_factory=lambda: ["tensorboard"], description="tensorboard, mlflow, wandb."
+    )
+    distributed: DistributedConfig | None = Field(
+        default=None, description="Multi-process strategy (DDP, FSDP, DeepSpeed); unset: DDP defaults."
     )
 
     @field_validator("eval_strategy", "save_strategy", mode="before")

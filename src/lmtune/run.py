@@ -142,24 +142,33 @@ def _resolve(cfg: RunConfig, task: Any, method_cls: Any) -> RunConfig:
 
 def train(
     cfg: RunConfig, *, overwrite: bool = False, trainer_class: Any = None, callbacks: list[Any] | None = None
-) -> Run:
+) -> Run | None:
     """Fine-tune according to `cfg`; returns the finished run (also on disk in cfg.output_dir).
 
     `trainer_class` replaces the Trainer (a subclass with its own loss, e.g. distillation).
     `callbacks` are extra Trainer callbacks (e.g. a sweep's pruning callback); they change
     neither the run's configuration nor its fingerprint.
+
+    Started by `accelerate launch` in several processes, every process trains its share and
+    only the main one writes the run directory and returns the run; the others return None.
     """
     from transformers import set_seed
+
+    from lmtune.training import distributed
 
     if cfg.sweep is not None:
         raise LmtuneError(
             "this config has a `sweep:` section, which `lmtune train` does not run",
             hint="run it with `lmtune sweep CONFIG --output-dir DIR`, or remove the sweep: section",
         )
-    status = prepare_output_dir(cfg, overwrite)
+    distributed.check_supported(cfg)
+    if distributed.is_distributed():
+        distributed.process_state(cfg.train.distributed)
+    main = distributed.is_main_process()
+    status = distributed.on_main(prepare_output_dir, cfg, overwrite)
     out = Path(cfg.output_dir)
     if status == "complete":
-        return Run.load(out)
+        return Run.load(out) if main else None
     set_seed(cfg.train.seed)
     task_cls = get_task_class(cfg.task.type)
     method_cls = get_method_class(cfg.method.name)
@@ -176,10 +185,12 @@ def train(
 
         tokenizer_id = tokenizer_digest(tokenizer)
         hits = []
-        for name, ds in data.splits.items():
-            tokenized[name], hit = cached_tokenize(task, ds, tokenizer, tokenizer_id)
-            if hit:
-                hits.append(name)
+        # The main process fills the cache; the others then read it instead of racing to write it.
+        with distributed.main_process_first():
+            for name, ds in data.splits.items():
+                tokenized[name], hit = cached_tokenize(task, ds, tokenizer, tokenizer_id)
+                if hit:
+                    hits.append(name)
         data.report["tokenization_cache_hits"] = hits
     else:
         tokenized = {name: task.tokenize(ds, tokenizer) for name, ds in data.splits.items()}
@@ -194,10 +205,11 @@ def train(
     set_seed(resolved.train.seed)
     model = task.build_model(model_ref.path, fresh_head=True)
     t = resolved.train
-    steps_per_epoch = math.ceil(len(tokenized["train"]) / (t.batch_size * t.gradient_accumulation_steps))
+    global_batch = t.batch_size * t.gradient_accumulation_steps * distributed.world_size()
+    steps_per_epoch = math.ceil(len(tokenized["train"]) / global_batch)
     total_steps = t.max_steps or math.ceil(steps_per_epoch * t.epochs)
     batch = t.eval_batch_size or t.batch_size * 2
-    baseline = task.baseline(model, tokenizer, data.splits, batch)
+    baseline = task.baseline(model, tokenizer, data.splits, batch) if main else None
     method = method_cls(resolved.method.options)
     model = method.apply(model, MethodContext(task=task, total_steps=total_steps))
     trainable, total = count_parameters(model)
@@ -205,9 +217,10 @@ def train(
         raise LmtuneError(f"method '{method.name}' left no trainable parameters", hint="check its options")
     # The run directory is claimed only once data, model and method are known to work, so a
     # setup error leaves nothing behind that a corrected command would collide with.
-    out.mkdir(parents=True, exist_ok=True)
-    _write_state(out, cfg, "running")
-    write_text(out / "config.yaml", resolved.to_yaml())
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_state(out, cfg, "running")
+        write_text(out / "config.yaml", resolved.to_yaml())
 
     from lmtune.training.callbacks import JsonlLogCallback, NanGuardCallback
     from lmtune.training.checkpoints import CheckpointSealCallback, remove_unusable
@@ -232,12 +245,18 @@ def train(
         ],
         trainer_class=trainer_class,
     )
+
     # A kill can leave a half-written checkpoint; only sealed, intact ones are resumed from.
-    removed = remove_unusable(out, fingerprint(cfg)) if status == "resume" else []
-    resume_from = last_checkpoint(out, cfg) if status == "resume" else None
+    def find_resume_point() -> tuple[list[str], str | None]:
+        if status != "resume":
+            return [], None
+        return remove_unusable(out, fingerprint(cfg)), last_checkpoint(out, cfg)
+
+    removed, resume_from = distributed.on_main(find_resume_point)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     runtime = time.perf_counter() - started
+    real_tokens, padded_tokens = distributed.sum_over_processes([trainer.real_tokens, trainer.padded_tokens])
     if nan_guard.bad_step is not None:
         good = last_checkpoint(out, cfg)
         kept = f"; last good checkpoint: {good}" if good else "; no checkpoint was saved before it"
@@ -247,6 +266,14 @@ def train(
             "or set train.on_nan=skip",
         )
     model = trainer.model
+    # FSDP / DeepSpeed leave each process a shard: gather the full weights into a fresh copy.
+    full_state = distributed.consolidated_state_dict(trainer)
+    if not main:
+        return None
+    if full_state is not None:
+        fresh = task.build_model(model_ref.path, fresh_head=True)
+        model = method.apply(fresh, MethodContext(task=task, total_steps=total_steps))
+        model.load_state_dict(full_state)
 
     with atomic_dir(out / "model") as tmp:
         method.save(model, tmp)
@@ -275,9 +302,10 @@ def train(
         if runtime > 0 and resume_from is None
         else round(result.metrics.get("train_samples_per_second", 0.0), 3),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
-        "tokens_per_second": round(trainer.real_tokens / runtime, 1) if runtime > 0 else 0.0,
-        "padded_tokens_per_second": round(trainer.padded_tokens / runtime, 1) if runtime > 0 else 0.0,
-        "padding_ratio": round(1 - trainer.real_tokens / max(trainer.padded_tokens, 1), 4),
+        "tokens_per_second": round(real_tokens / runtime, 1) if runtime > 0 else 0.0,
+        "padded_tokens_per_second": round(padded_tokens / runtime, 1) if runtime > 0 else 0.0,
+        "padding_ratio": round(1 - real_tokens / max(padded_tokens, 1), 4),
+        "processes": distributed.world_size(),
         "trainable_params": trainable,
         "total_params": total,
         "trainable_percent": round(100 * trainable / total, 4) if total else 0.0,

@@ -17,6 +17,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 
 from lmtune.config import RunConfig
 from lmtune.tasks.base import resolve_precision
+from lmtune.training import distributed
 
 OPTIMIZERS = {"adamw": "adamw_torch", "sgd": "sgd", "adafactor": "adafactor"}
 
@@ -78,6 +79,7 @@ def training_arguments(cfg: RunConfig, output_dir: Path, metric: str, greater_is
         dataloader_pin_memory=torch.cuda.is_available(),
         torch_compile=t.torch_compile,
         disable_tqdm=False,
+        **distributed.trainer_arguments(t.distributed),
     )
 
 
@@ -112,7 +114,22 @@ class LmtuneTrainer(Trainer):
     real_tokens = 0
     padded_tokens = 0
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Trainer takes any model whose forward accepts **kwargs for one that normalises its loss by
+        # `num_items_in_batch`, and multiplies the loss by the number of processes to undo DDP's
+        # gradient averaging. Encoder heads (sequence/token classification, QA) return a plain mean,
+        # so in N processes their loss and gradients came out N times too large. Only causal LMs
+        # route `num_items_in_batch` into their loss.
+        if self.model_accepts_loss_kwargs and not _loss_counts_items(self.model):
+            self.model_accepts_loss_kwargs = False
+
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        # A task that batches in its own way (multi-task: one task per batch) brings its sampler.
+        task_sampler = getattr(self.data_collator, "train_sampler", None)
+        if task_sampler is not None:
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            return task_sampler(dataset, self._train_batch_size, self.args.data_seed or self.args.seed)
         sampler = super()._get_train_sampler(train_dataset)
         if type(sampler) is LengthGroupedSampler:
             return EpochSeededLengthGroupedSampler(sampler, self.args.data_seed or self.args.seed)
@@ -132,6 +149,13 @@ class LmtuneTrainer(Trainer):
             self.real_tokens += real
             self.padded_tokens += ids.numel()
         return super().training_step(model, inputs, *args, **kwargs)
+
+
+def _loss_counts_items(model: Any) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return type(inner).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
 def build_trainer(
