@@ -177,6 +177,11 @@ class DataConfig(_Strict):
         default=True,
         description="Cache tokenized splits on disk ($LMTUNE_CACHE/tokenized); reruns skip tokenizing.",
     )
+    streaming: bool = Field(
+        default=False,
+        description="Read the train file in chunks instead of into memory (data larger than RAM; "
+        "needs a validation file).",
+    )
     max_train_samples: int | None = Field(
         default=None, ge=1, description="Train on a seeded random subset of this size (quick experiments)."
     )

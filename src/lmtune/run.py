@@ -173,6 +173,11 @@ def train(
     task_cls = get_task_class(cfg.task.type)
     method_cls = get_method_class(cfg.method.name)
     model_ref = resolve_model(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    if cfg.data.streaming and not task_cls.supports_streaming:
+        raise LmtuneError(
+            f"task '{cfg.task.type}' cannot stream its training data (data.streaming)",
+            hint="streaming is available for classification; set data.streaming to false",
+        )
     task = task_cls(cfg)
     data = task.prepare_data()
     resolved = _resolve(cfg, task, method_cls)
@@ -194,20 +199,35 @@ def train(
         data.report["tokenization_cache_hits"] = hits
     else:
         tokenized = {name: task.tokenize(ds, tokenizer) for name, ds in data.splits.items()}
-    train_set = tokenized["train"]
-    # A task whose rows can fill max_length without truncation (packing) says which were truncated.
-    data.report["truncated_train"] = (
-        sum(train_set["truncated"])
-        if "truncated" in train_set.column_names
-        else sum(1 for n in train_set["length"] if n >= resolved.data.max_length)
-    )
+    t = resolved.train
+    global_batch = t.batch_size * t.gradient_accumulation_steps * distributed.world_size()
+    if data.train_stream is not None:
+        import datasets
+
+        datasets.disable_progress_bars()  # the stream tokenizes chunk by chunk: one bar each
+        train_set = data.train_stream(tokenizer, t.batch_size, t.seed)
+        train_rows = data.train_rows or 0
+        data.report["truncated_train"] = None  # not known before the stream is read
+    else:
+        train_set = tokenized["train"]
+        train_rows = len(train_set)
+        # A task whose rows can fill max_length without truncation (packing) says which were truncated.
+        data.report["truncated_train"] = (
+            sum(train_set["truncated"])
+            if "truncated" in train_set.column_names
+            else sum(1 for n in train_set["length"] if n >= resolved.data.max_length)
+        )
 
     set_seed(resolved.train.seed)
     model = task.build_model(model_ref.path, fresh_head=True)
-    t = resolved.train
-    global_batch = t.batch_size * t.gradient_accumulation_steps * distributed.world_size()
-    steps_per_epoch = math.ceil(len(tokenized["train"]) / global_batch)
+    steps_per_epoch = math.ceil(train_rows / global_batch)
     total_steps = t.max_steps or math.ceil(steps_per_epoch * t.epochs)
+    if data.train_stream is not None and t.max_steps is None:
+        # A stream has no length the Trainer could count epochs by: give it the step count.
+        raw = resolved.to_dict()
+        raw["train"]["max_steps"] = total_steps
+        resolved = RunConfig.from_dict(raw)
+        t = resolved.train
     batch = t.eval_batch_size or t.batch_size * 2
     baseline = task.baseline(model, tokenizer, data.splits, batch) if main else None
     method = method_cls(resolved.method.options)
@@ -234,7 +254,7 @@ def train(
         model,
         tokenizer,
         task,
-        tokenized["train"],
+        train_set,
         tokenized["validation"],
         [
             JsonlLogCallback(out / "train_log.jsonl"),
@@ -294,7 +314,10 @@ def train(
         for split in ("validation", "test")
         if split in data.splits
     }
-    samples = len(tokenized["train"]) * trainer.state.epoch if trainer.state.epoch else 0
+    if data.train_stream is not None:
+        samples = min(trainer.state.global_step * global_batch, train_rows * t.epochs)
+    else:
+        samples = train_rows * trainer.state.epoch if trainer.state.epoch else 0
     metrics: dict[str, Any] = {split: r.metrics for split, r in results.items()}
     metrics["train"] = {
         "runtime_s": round(runtime, 3),

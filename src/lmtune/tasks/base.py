@@ -36,6 +36,10 @@ class PreparedData:
     splits: dict[str, Dataset]
     labels: list[str] | None
     report: dict[str, Any] = field(default_factory=dict)
+    # data.streaming: the train split is not in `splits` but read on the fly. `train_stream(tokenizer,
+    # batch_size, seed)` builds the length-grouped stream; `train_rows` is its size, for the schedule.
+    train_stream: Any = None
+    train_rows: int | None = None
 
 
 @dataclass
@@ -58,6 +62,8 @@ class Task:
     peft_head_names: ClassVar[tuple[str, ...]] = ()
     default_metric: ClassVar[str] = "loss"
     greater_is_better: ClassVar[bool] = True
+    # Whether prepare_data can stream the train file (data.streaming).
+    supports_streaming: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg

@@ -49,6 +49,7 @@ class ClassificationTask(Task):
     head_names: ClassVar[tuple[str, ...]] = ("classifier", "score", "pooler", "pre_classifier")
     peft_head_names: ClassVar[tuple[str, ...]] = ("classifier", "score")
     default_metric: ClassVar[str] = "f1_macro"
+    supports_streaming: ClassVar[bool] = True
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
@@ -142,6 +143,8 @@ class ClassificationTask(Task):
             raise LmtuneError(
                 "no training data given", hint="set data.train in the config or pass --train FILE"
             )
+        if d.streaming:
+            return self._prepare_streaming()
         train_table = read_table(d.train, d.format)
         train, train_info = self._extract(train_table, need_label=True)
         if self.options.multi_label is None:
@@ -201,6 +204,95 @@ class ClassificationTask(Task):
             report["augmented_train"] = augmented
         datasets = {name: self._to_dataset(records) for name, records in splits.items()}
         return PreparedData(splits=datasets, labels=self.labels, report=report)
+
+    def _prepare_streaming(self) -> PreparedData:
+        """Scan the train file chunk by chunk (labels, balance, size); evaluation files are read whole."""
+        from lmtune.data.streaming import iter_tables, tokenized_chunks
+
+        d = self.cfg.data
+        if not d.validation:
+            raise LmtuneError(
+                "data.streaming needs a validation file: a stream is not carved into splits",
+                hint="set data.validation (and data.test), or set data.streaming to false",
+            )
+        for name, value in (("data.augment", d.augment), ("data.drop_duplicates", d.drop_duplicates)):
+            if value:
+                raise LmtuneError(
+                    f"{name} needs the whole train set in memory and cannot be combined with data.streaming"
+                )
+        rows, dropped, limit = 0, 0, d.max_train_samples
+        counts: Counter[str] = Counter()
+        multi_label = bool(self.options.multi_label)
+        if d.labels:
+            self.labels = list(d.labels)
+        for table in iter_tables(d.train, d.format):
+            records, info = self._extract(table, need_label=True)
+            records = records[: limit - rows] if limit is not None else records
+            dropped += info["dropped_empty"]
+            multi_label = multi_label or (
+                self.options.multi_label is None and any(isinstance(r["label"], list) for r in records)
+            )
+            for r in records:
+                counts.update(r["label"] if isinstance(r["label"], list) else [r["label"]])
+            if d.labels:
+                self._check_known(records, d.train, self.label_column)
+            rows += len(records)
+            if limit is not None and rows >= limit:
+                break
+        self.multi_label = multi_label
+        self.labels = list(d.labels) if d.labels else _natural_sorted(set(counts))
+        if len(self.labels) < 2:
+            raise LmtuneError(
+                f"{d.train}: only one class ('{self.labels[0]}') in column '{self.label_column}'",
+                hint="classification needs at least two classes",
+            )
+        splits: dict[str, list[dict[str, Any]]] = {}
+        for split, path in (("validation", d.validation), ("test", d.test)):
+            if path:
+                records, _ = self._extract(read_table(path, d.format), need_label=True)
+                records = [self._as_label_type(r) for r in records]
+                self._check_known(records, path, self.label_column)
+                splits[split] = records
+        report: dict[str, Any] = {
+            "streaming": True,
+            "columns": {"text": self.text_column, "text_pair": self.pair_column, "label": self.label_column},
+            "labels": self.labels,
+            "multi_label": self.multi_label,
+            "rows": {"train": rows, **{name: len(records) for name, records in splits.items()}},
+            "carved_from_train": [],
+            "dropped_empty_train": dropped,
+            "class_balance": {"train": {label: counts.get(label, 0) for label in self.labels}},
+        }
+        for name, records in splits.items():
+            split_counts: Counter[str] = Counter()
+            for r in records:
+                split_counts.update(r["label"] if isinstance(r["label"], list) else [r["label"]])
+            report["class_balance"][name] = {label: split_counts.get(label, 0) for label in self.labels}
+
+        def chunk_dataset(table: Table) -> Any:
+            records, _ = self._extract(table, need_label=True)
+            records = [self._as_label_type(r) for r in records]
+            self._check_known(records, d.train, self.label_column)
+            return self._to_dataset(records)
+
+        def train_stream(tokenizer: Any, batch_size: int, seed: int) -> Any:
+            from lmtune.data.streaming import LengthGroupedStream
+
+            source = tokenized_chunks(
+                lambda: iter_tables(d.train, d.format),
+                chunk_dataset,
+                lambda dataset: self.tokenize(dataset, tokenizer),
+                limit=limit,
+            )
+            return LengthGroupedStream(source, batch_size, seed)
+
+        return PreparedData(
+            splits={name: self._to_dataset(records) for name, records in splits.items()},
+            labels=self.labels,
+            report=report,
+            train_stream=train_stream,
+            train_rows=rows,
+        )
 
     def _as_label_type(self, record: dict[str, Any]) -> dict[str, Any]:
         if self.multi_label and not isinstance(record["label"], list):
