@@ -161,8 +161,15 @@ def eval_(
     _quiet_libraries()
     metrics = load_run(run_dir).evaluate(data)
     table = RichTable("metric", "value", title=f"{run_dir} on {data}")
-    for key, value in metrics.items():
-        if isinstance(value, float | int):
+    # Multi-task runs nest one metric dict per sub-task: show them as `task.metric`.
+    rows = [
+        (f"{key}.{sub}" if isinstance(value, dict) else key, v)
+        for key, value in metrics.items()
+        if key != "details"
+        for sub, v in (value.items() if isinstance(value, dict) else [(key, value)])
+    ]
+    for key, value in rows:
+        if isinstance(value, float | int) and not isinstance(value, bool):
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
     if output:

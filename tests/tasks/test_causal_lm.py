@@ -364,11 +364,10 @@ def test_every_method_on_a_decoder(tiny_llama, tmp_path, method):
         with pytest.raises(LmtuneError, match="no bias terms"):
             lmtune.train(cfg)
         return
-    if method in ("prompt-tuning", "prefix-tuning"):
-        with pytest.raises(LmtuneError, match="does not support task 'causal-lm'"):
-            lmtune.train(cfg)
-        return
     run = lmtune.train(cfg)
+    if method in ("prompt-tuning", "prefix-tuning"):
+        # peft drops the position ids packing needs: auto packing turns itself off.
+        assert run.config.task.options.packing is False
     assert 0 < run.metrics["train"]["trainable_params"] <= run.metrics["train"]["total_params"]
     assert np.isfinite(run.metrics["train"]["final_train_loss"])
     loaded = lmtune.load_run(tmp_path / "run")
@@ -432,3 +431,12 @@ def test_smollm2_lora_memorises_an_answer(tmp_path):
     assert all(o["generation"] == SECRET for o in out), out
     loaded = lmtune.load_run(tmp_path / "run")
     assert loaded.predict(prompts, options={"max_new_tokens": 16}) == out
+
+
+def test_prompt_learning_refuses_forced_packing(tiny_llama, tmp_path):
+    train = write_json(tmp_path / "train.json", qa_records(8))
+    cfg = RunConfig.from_dict(
+        sft_config(tiny_llama, train, tmp_path / "run", method="prompt-tuning", task={"packing": True})
+    )
+    with pytest.raises(LmtuneError, match="packing cannot be combined with method prompt-tuning"):
+        lmtune.train(cfg)

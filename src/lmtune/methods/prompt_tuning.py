@@ -2,10 +2,13 @@
 
 `num_virtual_tokens` trained vectors are prepended to the input embeddings; the model stays
 frozen and the task head trains (peft keeps `classifier`/`score` in `modules_to_save`).
-peft's prompt learning changes the sequence the model sees, so lmtune allows it only for
-tasks whose outputs do not depend on token positions (sequence classification); anything
-else is refused before training with a one-line error. A tiny forward pass right after
-the model is wrapped catches architectures that cannot take the virtual tokens.
+peft's prompt learning changes the sequence the model sees, so lmtune allows it only where
+its code reads outputs in a way that survives the extra positions: sequence classification
+(one output per sequence) and causal LM SFT (peft masks the virtual positions out of the
+loss, lmtune's evaluation keeps only the last `input length` logits, and packing is turned
+off because peft drops the restarted position ids packing relies on). Token classification,
+QA and seq2seq are refused before training with a one-line error. A tiny forward pass right
+after the model is wrapped catches architectures that cannot take the virtual tokens.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from lmtune.methods.base import MethodContext
 from lmtune.methods.peft_base import PeftMethod
 
 # peft task types whose prediction code in lmtune works with prompt learning.
-PROMPT_LEARNING_TASK_TYPES = ("SEQ_CLS",)
+PROMPT_LEARNING_TASK_TYPES = ("SEQ_CLS", "CAUSAL_LM")
+# Methods that prepend virtual tokens or key/value prefixes (tasks check this, e.g. to turn packing off).
+PROMPT_LEARNING_METHODS = ("prompt-tuning", "prefix-tuning")
 
 
 def check_prompt_learning_task(method: str, ctx: MethodContext) -> str:

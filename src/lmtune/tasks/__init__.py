@@ -17,6 +17,7 @@ TASKS = Registry(
         "qa": "lmtune.tasks.question_answering:QuestionAnsweringTask",
         "causal-lm": "lmtune.tasks.causal_lm:CausalLmTask",
         "sft": "lmtune.tasks.causal_lm:CausalLmTask",
+        "multi-task": "lmtune.tasks.multi_task:MultiTask",
     },
 )
 

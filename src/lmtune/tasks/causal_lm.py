@@ -492,6 +492,17 @@ class CausalLmTask(Task):
         m = self.cfg.model
         path = resolve_model(m.name, m.revision, m.trust_remote_code).path
         supported = packing_supported(path, m.trust_remote_code)
+        from lmtune.methods.prompt_tuning import PROMPT_LEARNING_METHODS
+
+        if self.cfg.method.name in PROMPT_LEARNING_METHODS:
+            # peft's prompt learning drops position_ids, which keep packed examples apart.
+            if self.options.packing is True:
+                raise LmtuneError(
+                    f"packing cannot be combined with method {self.cfg.method.name}: peft ignores the "
+                    "position ids that keep packed examples apart",
+                    hint="set task.packing to false (or auto)",
+                )
+            supported = False
         if self.options.packing is True and not supported:
             raise LmtuneError(
                 f"packing is not supported for {m.name}: its attention does not separate packed "
@@ -644,7 +655,9 @@ class CausalLmTask(Task):
                 start += rows
                 batch = {k: v.to(device) for k, v in batch.items()}
                 labels = batch.pop("labels")
-                logits = model(**batch, use_cache=False).logits[:, :-1].float()
+                # Prompt tuning prepends virtual positions: the input's logits are the last ones.
+                seq_len = batch["input_ids"].shape[1]
+                logits = model(**batch, use_cache=False).logits[:, -seq_len:-1].float()
                 targets = labels[:, 1:]
                 total += torch.nn.functional.cross_entropy(
                     logits.reshape(-1, logits.shape[-1]),
