@@ -14,6 +14,12 @@ class FreezeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     num_trainable_layers: int = Field(default=2, ge=0, description="Top layers that train (0: head only).")
     train_embeddings: bool = Field(default=False, description="Also train the embeddings.")
+    cache_activations: bool = Field(
+        default=True,
+        description="Compute the frozen bottom once per example and reuse it in later epochs "
+        "(frozen layers then run without dropout).",
+    )
+    cache_max_mb: float = Field(default=4096, gt=0, description="Memory budget of that cache.")
 
 
 class FreezeMethod(Method):
@@ -35,4 +41,9 @@ class FreezeMethod(Method):
             for param in embeddings.parameters():
                 param.requires_grad_(True)
         unfreeze_head(model, ctx.task.head_names)
+        frozen = list(layers)[: len(layers) - k]
+        if opts.cache_activations and frozen and not opts.train_embeddings:
+            from lmtune.methods.activation_cache import attach
+
+            self.activation_cache = attach(model, frozen, opts.cache_max_mb)
         return model
