@@ -36,10 +36,33 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SUITES: dict[str, dict[str, Any]] = {
-    "cls-lora": {"method": "lora", "learning_rate": 1e-3, "steps": 120},
-    "cls-full": {"method": "full", "learning_rate": 5e-5, "steps": 60},
+    "cls-lora": {"kind": "cls", "method": "lora", "learning_rate": 1e-3, "steps": 120},
+    "cls-full": {"kind": "cls", "method": "full", "learning_rate": 5e-5, "steps": 60},
+    # MiniLM LoRA on CoNLL-2003 (entity F1 on 500 test sentences).
+    "ner-lora": {"kind": "ner", "method": "lora", "learning_rate": 1e-3, "steps": 60, "metric": "entity F1"},
+    # SmolLM2-135M LoRA SFT on alpaca_en_demo, variable-length chat data (eval loss, lower is better).
+    "sft-lora": {
+        "kind": "sft",
+        "method": "lora",
+        "learning_rate": 2e-4,
+        "steps": 8,
+        "metric": "eval loss",
+        "variants": ("trainer", "lmtune"),
+        "repeats": 1,
+    },
+    # freeze (top layer + head), 3 epochs: the activation cache on vs off.
+    "freeze-epochs": {
+        "kind": "freeze",
+        "method": "freeze",
+        "learning_rate": 1e-3,
+        "trainable_layers": 1,
+        "rows": 1200,
+        "steps": 225,
+        "variants": ("lmtune-nocache", "lmtune"),
+        "repeats": 1,
+    },
 }
-VARIANTS = ("tutorial", "trainer", "lmtune")
+VARIANTS = ("tutorial", "trainer", "lmtune", "lmtune-nocache")
 BATCH, MAX_LENGTH, SEED = 16, 128, 0
 LORA = {"r": 8, "alpha": 16, "dropout": 0.1, "targets": ["query", "value"]}
 
@@ -313,9 +336,18 @@ def summarise(results: list[dict[str, Any]], peak: float) -> dict[str, Any]:
 
 
 def worker(args: argparse.Namespace) -> int:
+    import suites as task_suites
+
     suite = SUITES[args.suite]
     files = {"train": Path(args.train_file), "test": Path(args.test_file)}
-    result = RUNNERS[args.worker](suite, files)
+    kind = suite.get("kind", "cls")
+    if kind == "cls":
+        result = RUNNERS[args.worker](suite, files)
+    else:
+        runner = {"ner": task_suites.run_ner, "sft": task_suites.run_sft, "freeze": task_suites.run_freeze}[
+            kind
+        ]
+        result = runner(args.worker, suite, files)
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 
@@ -325,7 +357,7 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--suites", default=",".join(SUITES))
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="per suite, unless the suite sets fewer")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/bench"))
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--suite", help=argparse.SUPPRESS)
@@ -338,15 +370,30 @@ def main() -> int:
         print(f"skipped: {args.data_dir}/sst2 not found (pass --data-dir pointing at the shared data)")
         return 0
 
+    import suites as task_suites
+
     peak32, peak16 = gemm_peak_gflops("float32"), gemm_peak_gflops("bfloat16")
     suites = args.suites.split(",")
-    variants = args.variants.split(",")
+    wanted = args.variants.split(",")
+    suite_variants = {
+        s: [v for v in SUITES[s].get("variants", ("tutorial", "trainer", "lmtune")) if v in wanted]
+        for s in suites
+    }
     work = Path(tempfile.mkdtemp(prefix="lmtune-bench-"))
-    files = prepare_data(args.data_dir, work, max(SUITES[s]["steps"] for s in suites) * BATCH)
-    raw: dict[str, dict[str, list[dict[str, Any]]]] = {s: {v: [] for v in variants} for s in suites}
+    cls_steps = max([SUITES[s]["steps"] for s in suites if SUITES[s]["kind"] == "cls"] + [100])
+    data = {
+        "cls": prepare_data(args.data_dir, work, cls_steps * BATCH),
+        "ner": task_suites.prepare_ner(args.data_dir, work, max(SUITES["ner-lora"]["steps"] * 16, 1000)),
+        "sft": task_suites.prepare_sft(args.data_dir, work, 200),
+    }
+    data["freeze"] = data["cls"]
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {s: {v: [] for v in suite_variants[s]} for s in suites}
     for suite in suites:
-        for repeat in range(args.repeats):
-            for variant in variants:  # interleaved, so drift in machine load hits every variant alike
+        files = data[SUITES[suite]["kind"]]
+        for repeat in range(min(args.repeats, SUITES[suite].get("repeats", args.repeats))):
+            for variant in suite_variants[
+                suite
+            ]:  # interleaved: drift in machine load hits every variant alike
                 cmd = [
                     sys.executable,
                     __file__,
@@ -372,26 +419,31 @@ def main() -> int:
                     flush=True,
                 )
 
-    summary = {s: {v: summarise(raw[s][v], peak32) for v in variants} for s in suites}
+    summary = {s: {v: summarise(raw[s][v], peak32) for v in suite_variants[s]} for s in suites}
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
     lines = [
         f"# lmtune benchmark ({datetime.now(timezone.utc):%Y-%m-%d}, {machine})",
         "",
         f"GEMM peak measured in this run: {peak32:.0f} GFLOP/s fp32, {peak16:.0f} GFLOP/s bf16. "
-        f"MiniLM-L6 on SST-2, batch {BATCH}, max_length {MAX_LENGTH}, {args.repeats} repeats "
-        "(median [min-max]); MFU counts real (non-pad) tokens against the fp32 peak.",
+        f"Up to {args.repeats} repeats per suite (median [min-max]); MFU counts real (non-pad) tokens "
+        "against the fp32 peak. cls: MiniLM-L6 on SST-2, batch 16, max_length 128, test accuracy. "
+        "ner: MiniLM-L6 LoRA on CoNLL-2003, batch 16, entity F1 on 500 test sentences. "
+        "sft: SmolLM2-135M-Instruct LoRA on alpaca_en_demo, batch 4, max_length 512, eval loss on 40 "
+        "held-out examples (lmtune packs, so its steps hold more examples). freeze-epochs: lmtune freeze "
+        "(top layer + head), 3 epochs, with and without the frozen-activation cache.",
         "",
     ]
     for suite in suites:
         base = summary[suite]
+        metric = SUITES[suite].get("metric", "test acc")
         lines += [
             f"## {suite} ({SUITES[suite]['steps']} steps)",
             "",
-            "| variant | samples/s | real tok/s | padded tok/s | MFU | peak RSS MB | test acc | vs tutorial "
+            f"| variant | samples/s | real tok/s | padded tok/s | MFU | peak RSS MB | {metric} | vs tutorial "
             "| vs trainer |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for v in variants:
+        for v in suite_variants[suite]:
             s = base[v]
             sps = s["samples_per_s"]
             ratio = {
@@ -407,6 +459,17 @@ def main() -> int:
                 f"| {ratio.get('tutorial', float('nan')):.2f}x | {ratio.get('trainer', float('nan')):.2f}x |"
             )
         lines.append("")
+        if SUITES[suite]["kind"] == "freeze":
+            lines += [
+                "| variant | epoch 1 s | epoch 2 s | epoch 3 s | later epochs vs first |",
+                "|---|---:|---:|---:|---:|",
+            ]
+            for v in suite_variants[suite]:
+                times = raw[suite][v][0]["epoch_times_s"]
+                later = statistics.mean(times[1:]) if len(times) > 1 else float("nan")
+                cells = " | ".join(f"{t:.1f}" for t in times)
+                lines.append(f"| {v} | {cells} | {times[0] / later:.2f}x faster |")
+            lines.append("")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "results.json").write_text(
         json.dumps(
