@@ -42,6 +42,10 @@ def test_run_directory_contents(tiny_bert, sentiment_files, tmp_path):
         assert 0.0 <= metrics["test"][key] <= 1.0 and key in metrics["validation"]
     for key in ("runtime_s", "samples_per_second", "peak_rss_mb", "trainable_params", "total_params"):
         assert metrics["train"][key] > 0
+    # One example per training row when nothing is packed.
+    assert metrics["train"]["examples_per_second"] == pytest.approx(
+        metrics["train"]["samples_per_second"], rel=0.01
+    )
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
     resolved = RunConfig.from_yaml(out / "config.yaml")
     assert resolved.data.labels == ["negative", "positive"]

@@ -324,6 +324,12 @@ def train(
         "samples_per_second": round(samples / runtime, 3)
         if runtime > 0 and resume_from is None
         else round(result.metrics.get("train_samples_per_second", 0.0), 3),
+        # Packing puts several examples in one training row: count examples too.
+        "examples_per_second": round(
+            data.report.get("rows", {}).get("train", train_rows) * samples / max(train_rows, 1) / runtime, 3
+        )
+        if runtime > 0
+        else 0.0,
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "tokens_per_second": round(real_tokens / runtime, 1) if runtime > 0 else 0.0,
         "padded_tokens_per_second": round(padded_tokens / runtime, 1) if runtime > 0 else 0.0,

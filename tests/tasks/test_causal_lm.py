@@ -328,6 +328,7 @@ def test_end_to_end_tiny_model(tiny_llama, tmp_path):
     assert "Sample generations (test" in (tmp_path / "run" / "report.md").read_text()
     config = RunConfig.from_yaml(tmp_path / "run" / "config.yaml")
     assert config.task.model_extra["packing"] is True and config.train.metric_for_best_model == "eval_loss"
+    assert metrics["train"]["examples_per_second"] >= metrics["train"]["samples_per_second"]
     prompts = ["What colour is box 3?", {"instruction": "What colour is box 5?"}]
     out = run.predict(prompts, options={"max_new_tokens": 5})
     assert [o["prompt"] for o in out] == ["What colour is box 3?", "What colour is box 5?"]
