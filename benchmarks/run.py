@@ -36,7 +36,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SUITES: dict[str, dict[str, Any]] = {
-    "cls-lora": {"kind": "cls", "method": "lora", "learning_rate": 1e-3, "steps": 120},
+    "cls-lora": {
+        "kind": "cls",
+        "method": "lora",
+        "learning_rate": 1e-3,
+        "steps": 120,
+        "variants": ("tutorial", "trainer", "lmtune", "lmtune-bf16"),
+    },
     "cls-full": {"kind": "cls", "method": "full", "learning_rate": 5e-5, "steps": 60},
     # MiniLM LoRA on CoNLL-2003 (entity F1 on 500 test sentences).
     "ner-lora": {"kind": "ner", "method": "lora", "learning_rate": 1e-3, "steps": 60, "metric": "entity F1"},
@@ -62,7 +68,7 @@ SUITES: dict[str, dict[str, Any]] = {
         "repeats": 1,
     },
 }
-VARIANTS = ("tutorial", "trainer", "lmtune", "lmtune-nocache")
+VARIANTS = ("tutorial", "trainer", "lmtune", "lmtune-nocache", "lmtune-bf16")
 BATCH, MAX_LENGTH, SEED = 16, 128, 0
 LORA = {"r": 8, "alpha": 16, "dropout": 0.1, "targets": ["query", "value"]}
 
@@ -251,7 +257,7 @@ def run_trainer(suite: dict, files: dict[str, Path]) -> dict[str, Any]:
     }
 
 
-def run_lmtune(suite: dict, files: dict[str, Path]) -> dict[str, Any]:
+def run_lmtune(suite: dict, files: dict[str, Path], precision: str = "auto") -> dict[str, Any]:
     import lmtune
 
     with tempfile.TemporaryDirectory() as out:
@@ -272,6 +278,7 @@ def run_lmtune(suite: dict, files: dict[str, Path]) -> dict[str, Any]:
                     "learning_rate": suite["learning_rate"],
                     "seed": SEED,
                     "report_to": ["none"],
+                    "precision": precision,
                 },
                 "output_dir": str(Path(out) / "run"),
             }
@@ -291,7 +298,13 @@ def run_lmtune(suite: dict, files: dict[str, Path]) -> dict[str, Any]:
     }
 
 
-RUNNERS = {"tutorial": run_tutorial, "trainer": run_trainer, "lmtune": run_lmtune}
+RUNNERS = {
+    "tutorial": run_tutorial,
+    "trainer": run_trainer,
+    "lmtune": run_lmtune,
+    # bf16 autocast (fp32 master weights) on a CPU with native bf16 (avx512_bf16 / AMX).
+    "lmtune-bf16": lambda suite, files: run_lmtune(suite, files, precision="bf16"),
+}
 
 
 # ---- measurement ---------------------------------------------------------------------------------
