@@ -130,3 +130,13 @@ def test_adapter_and_full_model_load_with_plain_libraries(minilm_path, sentiment
         with torch.no_grad():
             probs = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits.softmax(-1)
         torch.testing.assert_close(probs, ours, atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_autocast_trains_on_cpu(tiny_bert, sentiment_files, tmp_path):
+    """precision bf16 without a GPU: bf16 autocast with fp32 master weights, not a refusal."""
+    cfg = RunConfig.from_dict(
+        fast_config(tiny_bert, sentiment_files, tmp_path / "run", train={"precision": "bf16", "epochs": 1})
+    )
+    run = lmtune.train(cfg)
+    assert run.metrics["train"]["final_train_loss"] > 0
+    assert all(p.dtype == torch.float32 for p in run.model.parameters())

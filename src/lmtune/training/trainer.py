@@ -37,6 +37,10 @@ def training_arguments(cfg: RunConfig, output_dir: Path, metric: str, greater_is
     # TensorBoard, MLflow and W&B are attached by `build_trainer` so their logs stay in the run
     # (training/tracking.py); other trackers go through transformers' own `report_to`.
     report_to = [r for r in t.report_to if r not in ("none", "tensorboard", "mlflow", "wandb")] or "none"
+    extra = distributed.trainer_arguments(t.distributed)
+    if precision == "bf16" and not torch.cuda.is_available():
+        # transformers refuses bf16 without a GPU unless told the run is on CPU (bf16 autocast on CPU).
+        extra["use_cpu"] = True
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=t.epochs,
@@ -79,7 +83,7 @@ def training_arguments(cfg: RunConfig, output_dir: Path, metric: str, greater_is
         dataloader_pin_memory=torch.cuda.is_available(),
         torch_compile=t.torch_compile,
         disable_tqdm=False,
-        **distributed.trainer_arguments(t.distributed),
+        **extra,
     )
 
 
