@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,14 +108,31 @@ def _read_text(path: Path) -> str:
 
 
 def _read_delimited(path: Path, text: str, fmt: str) -> Table:
+    header, records = delimited_records(path, io.StringIO(text, newline=""), fmt)
+    rows: list[dict[str, Any]] = []
+    numbers: list[int] = []
+    for number, row in records:
+        rows.append(row)
+        numbers.append(number)
+    return Table(str(path), header, rows, numbers, "line")
+
+
+def delimited_records(
+    path: Path, lines: Iterable[str], fmt: str
+) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
+    """The checked header of a csv/tsv stream, and its (line number, row) records, read lazily.
+
+    Shared by whole-file reading and streaming (data/streaming.py), so both report the same
+    errors with the same line numbers.
+    """
     delimiter = "\t" if fmt == "tsv" else ","
     # TSV files (GLUE, CoNLL exports) rarely quote; treating quotes literally avoids swallowing lines.
     quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
+    reader = csv.reader(lines, delimiter=delimiter, quoting=quoting, strict=True)
     try:
         header = next(reader)
     except StopIteration:
-        raise LmtuneError(f"{path}: the file is empty") from None
+        raise LmtuneError(f"{path}: the file is empty", hint="add a header line and data rows") from None
     except csv.Error as exc:
         raise LmtuneError(f"{path}, line 1: cannot parse the header ({exc})") from None
     header = [h.strip() for h in header]
@@ -129,35 +147,35 @@ def _read_delimited(path: Path, text: str, fmt: str) -> Table:
                 f"{path}, line 1: column '{name}' appears twice", hint="give columns unique names"
             )
         seen.add(name)
-    rows: list[dict[str, Any]] = []
-    numbers: list[int] = []
-    line = 1
-    while True:
-        try:
-            record = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            # The record that fails starts on the line after the previous record ended; csv's
-            # line_num is where it gave up (for an unclosed quote: the end of the file).
-            raise LmtuneError(
-                f"{path}, line {line + 1}: bad {fmt.upper()} quoting ({exc})",
-                hint='quote fields that contain the delimiter and double embedded quotes ("")',
-            ) from None
-        start = line + 1
-        line = reader.line_num
-        if not record or all(not cell.strip() for cell in record):
-            continue
-        if len(record) != len(header):
-            raise LmtuneError(
-                f"{path}, line {start}: {len(record)} fields but the header has {len(header)}",
-                hint="quote fields containing the delimiter"
-                if len(record) > len(header)
-                else "fill every column",
-            )
-        rows.append(dict(zip(header, record, strict=True)))
-        numbers.append(start)
-    return Table(str(path), header, rows, numbers, "line")
+
+    def records() -> Iterator[tuple[int, dict[str, str]]]:
+        line = 1
+        while True:
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                # The record that fails starts on the line after the previous record ended; csv's
+                # line_num is where it gave up (for an unclosed quote: the end of the file).
+                raise LmtuneError(
+                    f"{path}, line {line + 1}: bad {fmt.upper()} quoting ({exc})",
+                    hint='quote fields that contain the delimiter and double embedded quotes ("")',
+                ) from None
+            start = line + 1
+            line = reader.line_num
+            if not record or all(not cell.strip() for cell in record):
+                continue
+            if len(record) != len(header):
+                raise LmtuneError(
+                    f"{path}, line {start}: {len(record)} fields but the header has {len(header)}",
+                    hint="quote fields containing the delimiter"
+                    if len(record) > len(header)
+                    else "fill every column",
+                )
+            yield start, dict(zip(header, record, strict=True))
+
+    return header, records()
 
 
 def _check_record(path: Path, obj: Any, number: int, unit: str) -> dict[str, Any]:

@@ -16,7 +16,6 @@ batches. A JSON list cannot be read incrementally; convert it to JSON Lines.
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ from typing import Any
 
 import torch
 
-from lmtune.data.readers import Table, detect_format
+from lmtune.data.readers import Table, delimited_records, detect_format
 from lmtune.errors import LmtuneError
 
 STREAMABLE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
@@ -67,42 +66,12 @@ def _lines(path: Path) -> Iterator[str]:
 
 
 def _delimited_chunks(path: Path, fmt: str, chunk_rows: int) -> Iterator[Table]:
-    delimiter = "\t" if fmt == "tsv" else ","
-    quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL  # as data/readers.py
-    reader = csv.reader(_lines(path), delimiter=delimiter, quoting=quoting, strict=True)
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise LmtuneError(f"{path}: the file is empty", hint="add a header line and data rows") from None
-    if not all(header) or len(set(header)) != len(header):
-        raise LmtuneError(
-            f"{path}, line 1: every column needs a unique, non-empty name", hint="fix the header"
-        )
+    header, records = delimited_records(path, _lines(path), fmt)
     rows: list[dict[str, Any]] = []
     numbers: list[int] = []
-    line = 1
-    while True:
-        try:
-            record = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise LmtuneError(
-                f"{path}, line {line + 1}: bad {fmt.upper()} quoting ({exc})",
-                hint='quote fields that contain the delimiter and double embedded quotes ("")',
-            ) from None
-        start, line = line + 1, reader.line_num
-        if not record or all(not cell.strip() for cell in record):
-            continue
-        if len(record) != len(header):
-            raise LmtuneError(
-                f"{path}, line {start}: {len(record)} fields but the header has {len(header)}",
-                hint="quote fields containing the delimiter"
-                if len(record) > len(header)
-                else "fill every column",
-            )
-        rows.append(dict(zip(header, record, strict=True)))
-        numbers.append(start)
+    for number, row in records:
+        rows.append(row)
+        numbers.append(number)
         if len(rows) == chunk_rows:
             yield Table(str(path), header, rows, numbers, "line")
             rows, numbers = [], []
