@@ -155,6 +155,20 @@ def test_nan_gradient_never_reaches_the_weights(mode):
         assert guard.skipped_steps == [5] and not control.should_training_stop and control.should_save
 
 
+def test_nan_guard_reads_the_gradient_norm_trainer_computed():
+    guard = NanGuardCallback("skip")
+    state = SimpleNamespace(global_step=2)
+    control = SimpleNamespace(should_training_stop=False, should_save=True, should_evaluate=True)
+    model = _model_with_grads(1.0)
+    guard.observe_grad_norm(torch.tensor(float("inf")))
+    guard.on_pre_optimizer_step(None, state, control, model=model)
+    assert guard.skipped_steps == [3] and all(p.grad is None for p in model.parameters())
+    # The norm is used once: the next step without one falls back to scanning the gradients.
+    model = _model_with_grads(1.0)
+    guard.on_pre_optimizer_step(None, state, control, model=model)
+    assert guard.skipped_steps == [3] and all(p.grad is not None for p in model.parameters())
+
+
 def _poison_after(step: int):
     """Make the training loss NaN from optimizer step `step` on (the model itself stays finite)."""
     from lmtune.training.trainer import LmtuneTrainer

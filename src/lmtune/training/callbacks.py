@@ -54,13 +54,24 @@ class NanGuardCallback(TrainerCallback):
         self.on_nan = on_nan
         self.bad_step: int | None = None
         self.skipped_steps: list[int] = []
+        self._grad_norm: float | None = None
+
+    def observe_grad_norm(self, grad_norm: Any) -> None:
+        """The step's total gradient norm, as Trainer computed it (LmtuneTrainer passes it on)."""
+        self._grad_norm = None if grad_norm is None else float(grad_norm)
+
+    def _gradients_finite(self, model: Any) -> bool:
+        grad_norm, self._grad_norm = self._grad_norm, None
+        if grad_norm is not None:
+            # A NaN or inf in any gradient makes the total norm NaN or inf: one number to check
+            # instead of a pass over every gradient (38 ms per step for full fine-tuning of MiniLM).
+            return math.isfinite(grad_norm)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        return not grads or all(bool(torch.isfinite(g).all()) for g in grads)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         model = kw.get("model")
-        if model is None:
-            return
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if not grads or all(bool(torch.isfinite(g).all()) for g in grads):
+        if model is None or self._gradients_finite(model):
             return
         step = state.global_step + 1
         for param in model.parameters():
