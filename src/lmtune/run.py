@@ -232,6 +232,10 @@ def train(
     baseline = task.baseline(model, tokenizer, data.splits, batch) if main else None
     method = method_cls(resolved.method.options)
     model = method.apply(model, MethodContext(task=task, total_steps=total_steps))
+    if t.fast_dropout and default_device().type == "cpu":
+        from lmtune.training import fast_dropout
+
+        fast_dropout.install(model)
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise LmtuneError(f"method '{method.name}' left no trainable parameters", hint="check its options")
