@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SEED = 0
+DATA_SEED = SEED = 0  # SEED is set per repeat by run.py's worker
 NER_BATCH, NER_MAX_LENGTH = 16, 128
 SFT_BATCH, SFT_MAX_LENGTH = 4, 512
 LORA_R, LORA_ALPHA = 8, 16
@@ -51,7 +51,7 @@ def write_conll(path: Path, sentences: list[tuple[list[str], list[str]]]) -> Pat
 
 def prepare_ner(data_dir: Path, work: Path, n_train: int, n_test: int = 500) -> dict[str, Path]:
     train = read_conll(data_dir / "conll2003" / "train.txt")
-    random.Random(SEED).shuffle(train)
+    random.Random(DATA_SEED).shuffle(train)
     test = read_conll(data_dir / "conll2003" / "test.txt")[:n_test]
     return {
         "train": write_conll(work / "ner_train.conll", train[:n_train]),
@@ -61,7 +61,7 @@ def prepare_ner(data_dir: Path, work: Path, n_train: int, n_test: int = 500) -> 
 
 def prepare_sft(data_dir: Path, work: Path, n_train: int, n_test: int = 40) -> dict[str, Path]:
     records = json.loads((data_dir / "instructions" / "alpaca_en_demo.json").read_text(encoding="utf-8"))
-    random.Random(SEED).shuffle(records)
+    random.Random(DATA_SEED).shuffle(records)
     files = {}
     for name, rows in (("train", records[:n_train]), ("test", records[n_train : n_train + n_test])):
         files[name] = work / f"sft_{name}.json"
@@ -325,14 +325,19 @@ def run_sft(variant: str, suite: dict, files: dict[str, Path]) -> dict[str, Any]
 
     torch.manual_seed(SEED)
     steps, lr = suite["steps"], suite["learning_rate"]
-    if variant == "lmtune":
+    if variant in ("lmtune", "lmtune-nopack"):
         import lmtune
 
         with tempfile.TemporaryDirectory() as out:
             run = lmtune.train(
                 {
                     "model": "SmolLM2-135M-Instruct",
-                    "task": {"type": "causal-lm", "sample_generations": 0},
+                    "task": {
+                        "type": "causal-lm",
+                        "sample_generations": 0,
+                        # lmtune-nopack: length-grouped batches of SFT_BATCH examples instead of packed rows.
+                        "packing": "auto" if variant == "lmtune" else False,
+                    },
                     "method": {"name": "lora", "r": LORA_R, "alpha": LORA_ALPHA},
                     "data": {
                         "train": str(files["train"]),
@@ -355,7 +360,8 @@ def run_sft(variant: str, suite: dict, files: dict[str, Path]) -> dict[str, Any]
             t = run.metrics["train"]
             return {
                 "runtime_s": t["runtime_s"],
-                "samples": steps * SFT_BATCH,
+                # Packed rows hold several examples: count examples, not rows.
+                "samples": t["examples_per_second"] * t["runtime_s"],
                 "real_tokens": t["tokens_per_second"] * t["runtime_s"],
                 "padded_tokens": t["padded_tokens_per_second"] * t["runtime_s"],
                 "accuracy": sft_eval_loss(run.model, run.tokenizer, files["test"]),
