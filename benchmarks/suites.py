@@ -325,7 +325,7 @@ def run_sft(variant: str, suite: dict, files: dict[str, Path]) -> dict[str, Any]
 
     torch.manual_seed(SEED)
     steps, lr = suite["steps"], suite["learning_rate"]
-    if variant in ("lmtune", "lmtune-nopack"):
+    if variant in ("lmtune", "lmtune-nopack", "lmtune-bf16"):
         import lmtune
 
         with tempfile.TemporaryDirectory() as out:
@@ -336,7 +336,7 @@ def run_sft(variant: str, suite: dict, files: dict[str, Path]) -> dict[str, Any]
                         "type": "causal-lm",
                         "sample_generations": 0,
                         # lmtune-nopack: length-grouped batches of SFT_BATCH examples instead of packed rows.
-                        "packing": "auto" if variant == "lmtune" else False,
+                        "packing": False if variant == "lmtune-nopack" else "auto",
                     },
                     "method": {"name": "lora", "r": LORA_R, "alpha": LORA_ALPHA},
                     "data": {
@@ -353,6 +353,7 @@ def run_sft(variant: str, suite: dict, files: dict[str, Path]) -> dict[str, Any]
                         "report_to": ["none"],
                         "eval_strategy": "no",
                         "save_strategy": "no",
+                        "precision": "bf16" if variant == "lmtune-bf16" else "auto",
                     },
                     "output_dir": str(Path(out) / "run"),
                 }

@@ -262,7 +262,9 @@ class TrainConfig(_Strict):
     logging_steps: int = Field(default=10, ge=1)
     num_workers: int = Field(default=0, ge=0, description="Data-loader worker processes.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        default="auto", description="auto: bf16 on GPUs that have it, fp32 on CPU."
+        default="auto",
+        description="auto: bf16 on GPUs that have it and, for decoders, on CPUs with native bf16 "
+        "(AMX or AVX512-BF16); fp32 otherwise.",
     )
     group_by_length: bool = Field(default=True, description="Batch similar lengths together (less padding).")
     gradient_checkpointing: bool = False

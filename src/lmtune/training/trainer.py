@@ -17,7 +17,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 
 from lmtune.config import RunConfig
 from lmtune.tasks.base import resolve_precision
-from lmtune.training import distributed
+from lmtune.training import distributed, packed_attention
 
 # The fused AdamW (one kernel over all parameters, CPU and GPU since torch 2.4) is Trainer's own
 # default; plain "adamw_torch" on CPU steps parameter by parameter, which cost full fine-tuning of
@@ -25,11 +25,13 @@ from lmtune.training import distributed
 OPTIMIZERS = {"adamw": "adamw_torch_fused", "sgd": "sgd", "adafactor": "adafactor"}
 
 
-def training_arguments(cfg: RunConfig, output_dir: Path, metric: str, greater_is_better: bool) -> Any:
+def training_arguments(
+    cfg: RunConfig, output_dir: Path, metric: str, greater_is_better: bool, cpu_bf16: bool = False
+) -> Any:
     from transformers import TrainingArguments
 
     t = cfg.train
-    precision = resolve_precision(t.precision)
+    precision = resolve_precision(t.precision, cpu_bf16=cpu_bf16)
     evaluating = t.eval_strategy != "no"
     # Picking the best checkpoint needs a checkpoint at every evaluation.
     load_best = (
@@ -130,6 +132,43 @@ class LmtuneTrainer(Trainer):
         # route `num_items_in_batch` into their loss.
         if self.model_accepts_loss_kwargs and not _loss_counts_items(self.model):
             self.model_accepts_loss_kwargs = False
+        self.labelled_logits_only = _can_select_logits(self.model)
+        # Packed rows: attention per example instead of over the masked row (packed_attention.py).
+        self.attention_per_example = _loss_counts_items(self.model) and _attention_is_sdpa(self.model)
+        if self.attention_per_example:
+            packed_attention.install()
+
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        """Causal LMs in training: project onto the vocabulary only where a label is.
+
+        SFT masks the prompt out of the loss, yet the model's own loss computes logits (hidden x
+        vocabulary, in fp32 for the loss) at every position and then ignores most of them. Passing
+        `logits_to_keep` as a mask of the positions whose next token is labelled gives exactly the
+        same loss and gradients for a fraction of the head's compute and memory.
+        """
+        if not (self.labelled_logits_only and model.training and not return_outputs and "labels" in inputs):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs["labels"]
+        targets = labels[:, 1:]
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = targets != -100
+        features = {key: value for key, value in inputs.items() if key != "labels"}
+        logits = model(**features, logits_to_keep=keep).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits, targets[keep[:, :-1]], reduction="sum")
+        # As transformers' ForCausalLMLoss: a sum over the accumulated batch's labelled tokens, or
+        # a per-batch mean; and, like Trainer.compute_loss, undo DDP's averaging of the former.
+        if num_items_in_batch is None:
+            return loss / keep.sum().clamp(min=1)
+        loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
+        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        return loss
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         # A task that batches in its own way (multi-task: one task per batch) brings its sampler.
@@ -165,7 +204,36 @@ class LmtuneTrainer(Trainer):
             real = int(mask.sum()) if isinstance(mask, torch.Tensor) and mask.dim() == 2 else ids.numel()
             self.real_tokens += real
             self.padded_tokens += ids.numel()
+        positions = inputs.get("position_ids")
+        if self.attention_per_example and positions is not None and "attention_mask" not in inputs:
+            with packed_attention.segments(positions):
+                return super().training_step(model, inputs, *args, **kwargs)
         return super().training_step(model, inputs, *args, **kwargs)
+
+
+def _can_select_logits(model: Any) -> bool:
+    """Whether `model` is a causal LM whose forward takes `logits_to_keep` as a boolean mask (every
+    transformers 5 decoder that slices with `slice_logits_to_keep`), and whose positions are the
+    input's own (peft's prompt and prefix tuning prepend virtual tokens)."""
+    import importlib
+    import inspect
+
+    if not _loss_counts_items(model):
+        return False
+    config = getattr(model, "active_peft_config", None)
+    if config is not None and getattr(config, "is_prompt_learning", False):
+        return False
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    module = importlib.import_module(type(inner).__module__)
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters and hasattr(
+        module, "slice_logits_to_keep"
+    )
+
+
+def _attention_is_sdpa(model: Any) -> bool:
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(inner, "config", None)
+    return getattr(config, "_attn_implementation", None) == "sdpa"
 
 
 def _loss_counts_items(model: Any) -> bool:
@@ -191,7 +259,7 @@ def build_trainer(
 
     metric = cfg.train.metric_for_best_model or task.default_metric
     greater = task.greater_is_better if metric == task.default_metric else not metric.endswith("loss")
-    args = training_arguments(cfg, output_dir, metric, greater)
+    args = training_arguments(cfg, output_dir, metric, greater, cpu_bf16=task.bf16_on_cpu)
     callbacks = list(extra_callbacks)
     if "tensorboard" in cfg.train.report_to:
         from torch.utils.tensorboard import SummaryWriter
