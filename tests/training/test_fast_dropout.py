@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lmtune.training.fast_dropout import FastDropout, fast_dropout, install, keep_mask
+from lmtune.training.fast_dropout import FastDropout, fast_dropout, install, keep_mask, new_step
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5, 0.9])
@@ -28,12 +28,18 @@ def test_neighbouring_elements_and_successive_calls_are_uncorrelated():
     assert abs(a[0::2].mean().item() - a[1::2].mean().item()) < 0.005
 
 
-def test_masks_follow_torch_seed():
+def test_a_steps_masks_follow_torch_seed_and_never_repeat():
     torch.manual_seed(7)
-    first = keep_mask((4, 33), 0.3)
+    new_step()
+    first = [keep_mask((4, 33), 0.3), keep_mask((50,), 0.5)]
     torch.manual_seed(7)
-    assert torch.equal(keep_mask((4, 33), 0.3), first)
-    assert not torch.equal(keep_mask((4, 33), 0.3), first)
+    new_step()
+    assert all(torch.equal(keep_mask(m.shape, p), m) for m, p in zip(first, (0.3, 0.5), strict=True))
+    assert not torch.equal(keep_mask((4, 33), 0.3), first[0])
+    # Values handed out from one block are never handed out again.
+    new_step()
+    a, b = [keep_mask((1000,), 0.5) for _ in range(2)]
+    assert not torch.equal(a, b)
 
 
 def test_output_and_gradient_are_dropouts():

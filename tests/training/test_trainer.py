@@ -85,10 +85,10 @@ def test_prompt_learning_and_encoders_keep_the_full_logits(smollm, minilm_path):
 
 def test_packed_rows_attend_per_example_with_the_same_loss_and_gradients(smollm, monkeypatch):
     from lmtune.tasks.causal_lm import CausalLmCollator
-    from lmtune.training import packed_attention
+    from lmtune.training import attention
 
     model, tokenizer = smollm
-    packed_attention.install()
+    attention.install()
     texts = ["Blue, like the sky.", "Four.", "A longer third example, to fill the row a bit more.", "Hi"]
     encoded = [tokenizer(t)["input_ids"] for t in texts]
     rows = [encoded[:3], encoded[3:]]  # 3 examples in one row, 1 in the other (padded)
@@ -101,7 +101,7 @@ def test_packed_rows_attend_per_example_with_the_same_loss_and_gradients(smollm,
         for row in rows
     ]
     batch = CausalLmCollator(tokenizer.pad_token_id or 0)(features)
-    assert packed_attention.example_bounds(batch["position_ids"])[0] == [
+    assert attention.example_bounds(batch["position_ids"])[0] == [
         (0, len(encoded[0])),
         (len(encoded[0]), len(encoded[0]) + len(encoded[1])),
         (len(encoded[0]) + len(encoded[1]), sum(len(e) for e in encoded[:3])),
@@ -119,7 +119,7 @@ def test_packed_rows_attend_per_example_with_the_same_loss_and_gradients(smollm,
     def loss_and_grad(per_example: bool):
         model.zero_grad()
         if per_example:
-            with packed_attention.segments(batch["position_ids"]):
+            with attention.segments(batch["position_ids"]):
                 loss = model(**batch).loss
         else:
             loss = model(**batch).loss  # transformers' block-diagonal mask over the whole row

@@ -17,7 +17,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 
 from lmtune.config import RunConfig
 from lmtune.tasks.base import resolve_precision
-from lmtune.training import distributed, packed_attention
+from lmtune.training import attention, distributed, fast_dropout
 
 # The fused AdamW (one kernel over all parameters, CPU and GPU since torch 2.4) is Trainer's own
 # default; plain "adamw_torch" on CPU steps parameter by parameter, which cost full fine-tuning of
@@ -133,10 +133,10 @@ class LmtuneTrainer(Trainer):
         if self.model_accepts_loss_kwargs and not _loss_counts_items(self.model):
             self.model_accepts_loss_kwargs = False
         self.labelled_logits_only = _can_select_logits(self.model)
-        # Packed rows: attention per example instead of over the masked row (packed_attention.py).
+        # Packed rows: attention per example instead of over the masked row (attention.py).
         self.attention_per_example = _loss_counts_items(self.model) and _attention_is_sdpa(self.model)
         if self.attention_per_example:
-            packed_attention.install()
+            attention.install()
 
     def compute_loss(
         self,
@@ -204,9 +204,10 @@ class LmtuneTrainer(Trainer):
             real = int(mask.sum()) if isinstance(mask, torch.Tensor) and mask.dim() == 2 else ids.numel()
             self.real_tokens += real
             self.padded_tokens += ids.numel()
+        fast_dropout.new_step()
         positions = inputs.get("position_ids")
         if self.attention_per_example and positions is not None and "attention_mask" not in inputs:
-            with packed_attention.segments(positions):
+            with attention.segments(positions):
                 return super().training_step(model, inputs, *args, **kwargs)
         return super().training_step(model, inputs, *args, **kwargs)
 
