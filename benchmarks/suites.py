@@ -325,7 +325,7 @@ def run_sft(variant: str, suite: dict, files: dict[str, Path]) -> dict[str, Any]
 
     torch.manual_seed(SEED)
     steps, lr = suite["steps"], suite["learning_rate"]
-    if variant in ("lmtune", "lmtune-nopack", "lmtune-bf16"):
+    if variant in ("lmtune", "lmtune-nopack", "lmtune-fp32"):
         import lmtune
 
         with tempfile.TemporaryDirectory() as out:
@@ -353,7 +353,8 @@ def run_sft(variant: str, suite: dict, files: dict[str, Path]) -> dict[str, Any]
                         "report_to": ["none"],
                         "eval_strategy": "no",
                         "save_strategy": "no",
-                        "precision": "bf16" if variant == "lmtune-bf16" else "auto",
+                        # auto: bf16 autocast on a CPU with native bf16; lmtune-fp32 shows the rest.
+                        "precision": "fp32" if variant == "lmtune-fp32" else "auto",
                     },
                     "output_dir": str(Path(out) / "run"),
                 }
