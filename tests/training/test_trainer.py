@@ -83,57 +83,26 @@ def test_prompt_learning_and_encoders_keep_the_full_logits(smollm, minilm_path):
     assert not _can_select_logits(AutoModelForSequenceClassification.from_pretrained(minilm_path))
 
 
-def test_packed_rows_attend_per_example_with_the_same_loss_and_gradients(smollm, monkeypatch):
-    from lmtune.tasks.causal_lm import CausalLmCollator
-    from lmtune.training import attention
+def test_length_groups_keep_their_padding_but_not_the_saw_tooth_order():
+    import itertools
+    import random
 
-    model, tokenizer = smollm
-    attention.install()
-    texts = ["Blue, like the sky.", "Four.", "A longer third example, to fill the row a bit more.", "Hi"]
-    encoded = [tokenizer(t)["input_ids"] for t in texts]
-    rows = [encoded[:3], encoded[3:]]  # 3 examples in one row, 1 in the other (padded)
-    features = [
-        {
-            "input_ids": [t for ids in row for t in ids],
-            "labels": [t for ids in row for t in ids],
-            "position_ids": [p for ids in row for p in range(len(ids))],
-        }
-        for row in rows
-    ]
-    batch = CausalLmCollator(tokenizer.pad_token_id or 0)(features)
-    assert attention.example_bounds(batch["position_ids"])[0] == [
-        (0, len(encoded[0])),
-        (len(encoded[0]), len(encoded[0]) + len(encoded[1])),
-        (len(encoded[0]) + len(encoded[1]), sum(len(e) for e in encoded[:3])),
-    ]
-    model.eval()  # no dropout either way; gradients still flow
-    calls = []
-    sdpa = torch.nn.functional.scaled_dot_product_attention
+    from transformers.trainer_pt_utils import get_length_grouped_indices
 
-    def counting_sdpa(*args, **kwargs):
-        calls.append(kwargs.get("attn_mask") is None)
-        return sdpa(*args, **kwargs)
+    from lmtune.training.trainer import shuffled_length_groups
 
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting_sdpa)
-
-    def loss_and_grad(per_example: bool):
-        model.zero_grad()
-        if per_example:
-            with attention.segments(batch["position_ids"]):
-                loss = model(**batch).loss
-        else:
-            loss = model(**batch).loss  # transformers' block-diagonal mask over the whole row
-        loss.backward()
-        return loss.detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
-
-    masked = loss_and_grad(False)
-    layers = len(model.model.layers)
-    assert len(calls) == layers and not any(calls)  # one masked call per layer
-    calls.clear()
-    per_example = loss_and_grad(True)
-    # Row 1: three examples; row 2: one example and its padding. No mask anywhere.
-    assert len(calls) == 5 * layers and all(calls)
-    torch.testing.assert_close(per_example[0], masked[0], rtol=1e-5, atol=1e-6)
-    scale = masked[1].abs().max().item()
-    torch.testing.assert_close(per_example[1], masked[1], rtol=1e-4, atol=1e-5 * scale)
-    model.zero_grad()
+    lengths = [random.Random(i).randint(3, 60) for i in range(1003)]
+    order = shuffled_length_groups(lengths, 16, torch.Generator().manual_seed(5))
+    assert sorted(order) == list(range(1003))
+    stock = get_length_grouped_indices(lengths, 16, generator=torch.Generator().manual_seed(5))
+    batches = [order[i : i + 16] for i in range(0, len(order), 16)]
+    stock_batches = [stock[i : i + 16] for i in range(0, len(stock), 16)]
+    # The same batches (so the same padding), the longest first, the short remainder last.
+    assert sorted(map(sorted, batches)) == sorted(map(sorted, stock_batches))
+    assert max(lengths) in [lengths[i] for i in batches[0]] and batches[-1] == stock_batches[-1]
+    assert batches != stock_batches
+    # Batch lengths no longer fall steadily inside each mega-batch.
+    longest = [max(lengths[i] for i in b) for b in batches[1:-1]]
+    falls = sum(a >= b for a, b in itertools.pairwise(longest)) / (len(longest) - 1)
+    assert falls < 0.8
+    assert order == shuffled_length_groups(lengths, 16, torch.Generator().manual_seed(5))

@@ -100,6 +100,13 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     the checkpoint's RNG only after skipping the batches already trained on), so it would see a
     different order than the uninterrupted run. Seeding per epoch makes the order a function of
     the epoch alone, which also leaves the global RNG (dropout) untouched by the sampler.
+
+    Trainer's order also walks each mega-batch (up to 50 batches) from its longest batch to its
+    shortest, so lengths, and whatever correlates with length (SST-2's labels do), drift in a
+    saw-tooth through the epoch. After a short run that showed: MiniLM LoRA, 100 steps, test
+    accuracy 0.62-0.73 against 0.77 for random batches. Here the batches keep their lengths but
+    are visited in a shuffled order (the one holding the longest example still first, so an
+    out-of-memory error shows at once; a last, smaller batch stays last).
     """
 
     def __init__(self, base: LengthGroupedSampler, seed: int) -> None:
@@ -114,7 +121,17 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     def __iter__(self) -> Any:
         generator = torch.Generator()
         generator.manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+        return iter(shuffled_length_groups(self.lengths, self.batch_size, generator))
+
+
+def shuffled_length_groups(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[int]:
+    """Indices whose consecutive `batch_size` slices hold similar lengths, the batches in random order."""
+    indices = get_length_grouped_indices(lengths, batch_size, generator=generator)
+    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    tail = [batches.pop()] if len(batches) > 1 and len(batches[-1]) < batch_size else []
+    first, rest = batches[:1], batches[1:]
+    order = torch.randperm(len(rest), generator=generator).tolist()
+    return [i for batch in (*first, *(rest[k] for k in order), *tail) for i in batch]
 
 
 class LmtuneTrainer(Trainer):
