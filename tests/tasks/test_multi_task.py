@@ -240,7 +240,8 @@ def test_minilm_multi_task_learns_both_tasks_and_reloads(minilm_path, mt_files, 
         tmp_path / "run",
         method={"name": "lora", "r": 8},
         train={
-            "epochs": 3,
+            # 3 epochs sat at the accuracy bar (0.75-0.81, depending on the dropout masks drawn).
+            "epochs": 4,
             "batch_size": 16,
             "learning_rate": 3e-3,
             "eval_strategy": "no",

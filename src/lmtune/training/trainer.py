@@ -109,11 +109,15 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     out-of-memory error shows at once; a last, smaller batch stays last).
     """
 
-    def __init__(self, base: LengthGroupedSampler, seed: int) -> None:
+    def __init__(self, base: LengthGroupedSampler, seed: int, processes: int = 1) -> None:
         # datasets returns a lazy Column; indexing it per element costs ~50 us, a list costs nothing.
         super().__init__(base.batch_size, lengths=[int(n) for n in base.lengths])
         self.seed = seed
         self.epoch = 0
+        # Several processes split each run of `processes` consecutive batches between them:
+        # grouping and shuffling whole global batches gives every step the rows one process
+        # with the global batch size would see.
+        self.global_batch = base.batch_size * processes
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -121,7 +125,7 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     def __iter__(self) -> Any:
         generator = torch.Generator()
         generator.manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(shuffled_length_groups(self.lengths, self.batch_size, generator))
+        return iter(shuffled_length_groups(self.lengths, self.global_batch, generator))
 
 
 def shuffled_length_groups(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[int]:
@@ -195,7 +199,9 @@ class LmtuneTrainer(Trainer):
             return task_sampler(dataset, self._train_batch_size, self.args.data_seed or self.args.seed)
         sampler = super()._get_train_sampler(train_dataset)
         if type(sampler) is LengthGroupedSampler:
-            return EpochSeededLengthGroupedSampler(sampler, self.args.data_seed or self.args.seed)
+            return EpochSeededLengthGroupedSampler(
+                sampler, self.args.data_seed or self.args.seed, self.args.world_size
+            )
         return sampler
 
     def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
