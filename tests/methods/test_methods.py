@@ -28,6 +28,10 @@ def expected_trainable(method: str, model: torch.nn.Module) -> int | None:
     pooler = HIDDEN * HIDDEN + HIDDEN
     if method == "lora":  # r=8 on query and value of 6 layers, plus the classifier head
         return LAYERS * 2 * 8 * (HIDDEN + HIDDEN) + head
+    if method == "qlora":  # r=8 on every linear layer (attention, FFN, pooler), plus the head
+        ffn = model.config.intermediate_size
+        per_layer = 4 * 8 * (HIDDEN + HIDDEN) + 2 * 8 * (HIDDEN + ffn)
+        return LAYERS * per_layer + 8 * (HIDDEN + HIDDEN) + head
     if method == "bitfit":  # every bias, plus pooler and classifier weights
         biases = sum(p.numel() for n, p in model.named_parameters() if n.endswith(".bias"))
         return biases + HIDDEN * HIDDEN + HIDDEN * LABELS

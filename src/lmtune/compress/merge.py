@@ -37,6 +37,13 @@ def check_mergeable(model: nn.Module, method: str) -> None:
             f"method '{method}' adds bottleneck adapter modules: they cannot be merged into base weights",
             hint="export with --no-merge --keep-adapter (the run's model/ loads with `lmtune` only)",
         )
+    if any(type(m).__name__ in ("Linear4bit", "Linear8bitLt") for m in model.modules()):
+        raise LmtuneError(
+            f"method '{method}' trained its adapter on a quantized base: merging into it would give "
+            "a quantized model, and merging into the full-precision base is not built yet",
+            hint="export with --no-merge --keep-adapter (peft loads the adapter onto the base: "
+            "PeftModel.from_pretrained(base, dir).merge_and_unload())",
+        )
     if is_peft(model):
         config = model.peft_config[model.active_adapter]
         peft_type = str(getattr(config.peft_type, "value", config.peft_type))

@@ -14,6 +14,7 @@ METHODS = Registry(
         "bitfit": "lmtune.methods.bitfit:BitFitMethod",
         "lora": "lmtune.methods.lora:LoraMethod",
         "dora": "lmtune.methods.dora:DoraMethod",
+        "qlora": "lmtune.methods.qlora:QloraMethod",
         "ia3": "lmtune.methods.ia3:Ia3Method",
         "adalora": "lmtune.methods.adalora:AdaLoraMethod",
         "prompt-tuning": "lmtune.methods.prompt_tuning:PromptTuningMethod",

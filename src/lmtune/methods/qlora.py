@@ -1,0 +1,117 @@
+"""QLoRA (Dettmers et al., 2023): LoRA adapters on a base model stored in 4-bit NF4.
+
+The linear layers of the loaded model, all but the task head, become bitsandbytes `Linear4bit`
+layers (NF4 with double quantization by default: about 0.5 byte per weight instead of 4), and
+peft's LoRA trains in full precision on top of them, computing in `compute_dtype`. Only the
+adapter (and the head) is saved, in peft's format; loading quantizes the same base again (the
+quantization is deterministic) and applies the adapter.
+
+Quantizing after loading keeps this a method like the others, one file; the price is that the
+full-precision model passes through CPU memory once while loading. bitsandbytes (>= 0.48) runs
+4-bit layers on CPU as well as on CUDA: `pip install lmtune[qlora]`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from lmtune.errors import LmtuneError
+from lmtune.methods.base import MethodContext, ModelBuilder
+from lmtune.methods.lora import LoraMethod, LoraOptions
+
+COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# Output layers stay in full precision: the task head trains (or is tied to the embeddings).
+KEEP_FULL_PRECISION = ("lm_head", "classifier", "score", "qa_outputs", "pooler", "heads")
+
+
+class QloraOptions(LoraOptions):
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        default="all-linear", description="Layers to adapt; QLoRA adapts every linear layer."
+    )
+    quant_type: Literal["nf4", "fp4"] = Field(default="nf4", description="4-bit data type of the base.")
+    double_quant: bool = Field(default=True, description="Quantize the quantization constants too.")
+    compute_dtype: Literal["bf16", "fp16", "fp32"] = Field(
+        default="bf16", description="Precision the 4-bit layers compute in."
+    )
+
+
+def _bitsandbytes() -> Any:
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise LmtuneError(
+            "method 'qlora' needs bitsandbytes, which is not installed",
+            hint="pip install 'lmtune[qlora]'",
+        ) from None
+    return bitsandbytes
+
+
+def quantize_linear_layers(model: nn.Module, options: QloraOptions, keep: tuple[str, ...]) -> int:
+    """Replace every `nn.Linear` outside `keep` by a 4-bit `Linear4bit` with the same weights."""
+    bnb = _bitsandbytes()
+    replaced = 0
+    for parent_name, parent in list(model.named_modules()):
+        for name, child in list(parent.named_children()):
+            path = f"{parent_name}.{name}" if parent_name else name
+            if type(child) is not nn.Linear or any(part in keep for part in path.split(".")):
+                continue
+            device = child.weight.device
+            layer = bnb.nn.Linear4bit(
+                child.in_features,
+                child.out_features,
+                bias=child.bias is not None,
+                compute_dtype=COMPUTE_DTYPES[options.compute_dtype],
+                compress_statistics=options.double_quant,
+                quant_type=options.quant_type,
+                device="meta",
+            )
+            weight = child.weight.data.detach().to("cpu", torch.float32)
+            layer.weight = bnb.nn.Params4bit(
+                weight,
+                requires_grad=False,
+                compress_statistics=options.double_quant,
+                quant_type=options.quant_type,
+            )
+            if child.bias is not None:
+                layer.bias = nn.Parameter(child.bias.data.detach().clone(), requires_grad=False)
+            # On AVX512-BF16 CPUs, bitsandbytes repacks a layer's weight in place for a faster
+            # kernel on its first evaluation forward, converting the quantization constants to
+            # bf16; training after an evaluation unpacks them again, not exactly. The base then
+            # drifts with every evaluation and a reloaded run predicts differently (1e-4).
+            layer.support_avx512bf16_for_cpu = False
+            setattr(parent, name, layer.to(device))  # moving a Params4bit quantizes it
+            replaced += 1
+    return replaced
+
+
+class QloraMethod(LoraMethod):
+    name: ClassVar[str] = "qlora"
+    description: ClassVar[str] = "LoRA on a 4-bit NF4 base via bitsandbytes (about 1/8 of the base memory)."
+    Options = QloraOptions
+    default_learning_rate: ClassVar[float] = 1e-3
+
+    def _quantize(self, model: nn.Module, head_names: tuple[str, ...]) -> None:
+        options: QloraOptions = self.options  # type: ignore[assignment]
+        if quantize_linear_layers(model, options, KEEP_FULL_PRECISION + head_names) == 0:
+            raise LmtuneError(
+                f"method 'qlora' found no linear layer to quantize in {model.__class__.__name__}",
+                hint="use lora for this model",
+            )
+
+    def apply(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
+        self._quantize(model, ctx.task.head_names + ctx.task.peft_head_names)
+        return super().apply(model, ctx)
+
+    def load(self, directory: Path, build: ModelBuilder) -> nn.Module:
+        from peft import PeftConfig, PeftModel
+
+        base = build(None)
+        # The head peft saved beside the adapter stays in full precision, as in training.
+        saved = PeftConfig.from_pretrained(str(directory)).modules_to_save or []
+        self._quantize(base, tuple(saved))
+        return PeftModel.from_pretrained(base, str(directory))
