@@ -272,7 +272,7 @@ class TrainConfig(_Strict):
     fast_dropout: bool = Field(
         default=True,
         description="On CPU, draw dropout masks from a hash-based generator: the same distribution, "
-        "about 5x cheaper than torch's (training/fast_dropout.py); the masks differ from torch's.",
+        "about 5-10x cheaper than torch's (training/fast_dropout.py); the masks differ from torch's.",
     )
     report_to: list[str] = Field(
         default_factory=lambda: ["tensorboard"], description="tensorboard, mlflow, wandb."

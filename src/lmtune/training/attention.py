@@ -11,9 +11,9 @@ batch's example boundaries in with `segments(...)`.
 
 Attention dropout with the fast mask. With a dropout rate above zero, CPU SDPA leaves its
 fused kernel for the math path and draws the mask with torch's element-by-element
-`bernoulli_` (4% of a MiniLM LoRA step). For modules that `fast_dropout.install` marked, the
-same math (scores, mask, softmax in fp32, dropout, values) runs here with
-`fast_dropout.fast_dropout`.
+`bernoulli_` (4% of a MiniLM LoRA step). For attention modules whose dropout `fast_dropout.install`
+turned into a `FastDropout`, the same math (scores, mask, softmax in fp32, dropout, values) runs
+here with `fast_dropout.fast_dropout`.
 
 Everything else (evaluation, generation, unpacked batches, unmarked models, no dropout) goes to
 transformers' SDPA unchanged.
@@ -30,8 +30,6 @@ from typing import Any
 import torch
 
 _BOUNDS: ContextVar[list[list[tuple[int, int]]] | None] = ContextVar("lmtune_packed_bounds", default=None)
-# Set by fast_dropout.install on every module of a model trained with the fast dropout mask.
-FAST_DROPOUT_FLAG = "_lmtune_fast_dropout"
 _installed = False
 
 
@@ -89,9 +87,17 @@ def attention_with_fast_dropout(
     return torch.matmul(probs, value).transpose(1, 2).contiguous()
 
 
+def _uses_fast_dropout(module: Any) -> bool:
+    """Whether fast_dropout.install converted this attention module's dropout (BERT's `dropout`,
+    GPT-2's `attn_dropout`): the model trains with the fast mask."""
+    from lmtune.training.fast_dropout import FastDropout
+
+    return any(isinstance(child, FastDropout) for child in module.children())
+
+
 def install() -> None:
     """Route transformers' "sdpa" attention through this module (idempotent, process-wide; the
-    wrapper acts only inside `segments` or for modules marked by fast_dropout.install)."""
+    wrapper acts only inside `segments` or for attention modules holding a `FastDropout`)."""
     global _installed
     if _installed:
         return
@@ -125,7 +131,7 @@ def install() -> None:
         dropout = kwargs.get("dropout", 0.0)
         if (
             dropout > 0
-            and getattr(module, FAST_DROPOUT_FLAG, False)
+            and _uses_fast_dropout(module)
             and query.device.type == "cpu"
             and kwargs.get("position_bias") is None
             and kwargs.get("cache") is None

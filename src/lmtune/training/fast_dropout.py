@@ -13,9 +13,8 @@ Semantics are dropout's: each element is kept with probability 1 - p (p is resol
 kept elements are scaled by 1 / (1 - p), the backward pass applies the same mask, and evaluation
 mode is the identity. Runs stay reproducible under `torch.manual_seed`, and a resumed run that
 restores torch's RNG state draws the same masks (`new_step` starts every training step on a
-fresh block). The masks differ from the ones stock PyTorch
-would draw for the same seed. On GPU, PyTorch's fused Philox dropout is already cheap, so
-`install` is used for CPU training only.
+fresh block). The masks differ from the ones stock PyTorch would draw for the same seed. On
+GPU, PyTorch's fused Philox dropout is already cheap, so `install` is used for CPU training only.
 """
 
 from __future__ import annotations
@@ -130,7 +129,6 @@ def install(model: nn.Module) -> int:
     attention.install()
     replaced = 0
     for module in model.modules():
-        setattr(module, attention.FAST_DROPOUT_FLAG, True)
         if type(module) is nn.Dropout:
             module.__class__ = FastDropout
             replaced += 1

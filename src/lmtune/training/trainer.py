@@ -21,7 +21,7 @@ from lmtune.training import attention, distributed, fast_dropout
 
 # The fused AdamW (one kernel over all parameters, CPU and GPU since torch 2.4) is Trainer's own
 # default; plain "adamw_torch" on CPU steps parameter by parameter, which cost full fine-tuning of
-# MiniLM ~60 ms per step (more than forward and backward together).
+# MiniLM 85 ms per step (more than forward and backward together).
 OPTIMIZERS = {"adamw": "adamw_torch_fused", "sgd": "sgd", "adafactor": "adafactor"}
 
 
@@ -151,11 +151,12 @@ class LmtuneTrainer(Trainer):
         # gradient averaging. Encoder heads (sequence/token classification, QA) return a plain mean,
         # so in N processes their loss and gradients came out N times too large. Only causal LMs
         # route `num_items_in_batch` into their loss.
-        if self.model_accepts_loss_kwargs and not _loss_counts_items(self.model):
+        causal_lm = _loss_counts_items(self.model)
+        if self.model_accepts_loss_kwargs and not causal_lm:
             self.model_accepts_loss_kwargs = False
-        self.labelled_logits_only = _can_select_logits(self.model)
+        self.labelled_logits_only = causal_lm and _can_select_logits(self.model)
         # Packed rows: attention per example instead of over the masked row (attention.py).
-        self.attention_per_example = _loss_counts_items(self.model) and _attention_is_sdpa(self.model)
+        self.attention_per_example = causal_lm and _attention_is_sdpa(self.model)
         if self.attention_per_example:
             attention.install()
 
@@ -235,19 +236,22 @@ class LmtuneTrainer(Trainer):
         return super().training_step(model, inputs, *args, **kwargs)
 
 
+def _unwrapped(model: Any) -> Any:
+    """The transformers model inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _can_select_logits(model: Any) -> bool:
-    """Whether `model` is a causal LM whose forward takes `logits_to_keep` as a boolean mask (every
-    transformers 5 decoder that slices with `slice_logits_to_keep`), and whose positions are the
-    input's own (peft's prompt and prefix tuning prepend virtual tokens)."""
+    """Whether a causal LM's forward takes `logits_to_keep` as a boolean mask (every transformers 5
+    decoder that slices with `slice_logits_to_keep`), and whose positions are the input's own
+    (peft's prompt and prefix tuning prepend virtual tokens)."""
     import importlib
     import inspect
 
-    if not _loss_counts_items(model):
-        return False
     config = getattr(model, "active_peft_config", None)
     if config is not None and getattr(config, "is_prompt_learning", False):
         return False
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = _unwrapped(model)
     module = importlib.import_module(type(inner).__module__)
     return "logits_to_keep" in inspect.signature(inner.forward).parameters and hasattr(
         module, "slice_logits_to_keep"
@@ -255,16 +259,14 @@ def _can_select_logits(model: Any) -> bool:
 
 
 def _attention_is_sdpa(model: Any) -> bool:
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = getattr(inner, "config", None)
+    config = getattr(_unwrapped(model), "config", None)
     return getattr(config, "_attn_implementation", None) == "sdpa"
 
 
 def _loss_counts_items(model: Any) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return type(inner).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    return type(_unwrapped(model)).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
 def build_trainer(
