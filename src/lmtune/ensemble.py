@@ -19,11 +19,11 @@ from lmtune.errors import LmtuneError
 def _check_members(runs: list[Any]) -> None:
     first = runs[0]
     for run in runs:
-        if not hasattr(run.task, "scores") or not hasattr(run.task, "_forward"):
-            raise LmtuneError(
-                f"{run.directory}: task '{run.config.task.type}' is not a classification task",
-                hint="ensembles average class probabilities; give classification runs",
-            )
+        run.task.require(
+            "class-probabilities",
+            f"an ensemble ({run.directory})",
+            hint="ensembles average class probabilities; give classification runs",
+        )
     for run in runs[1:]:
         for what, mine, theirs in (
             ("task", run.config.task.type, first.config.task.type),
@@ -41,7 +41,7 @@ def member_probabilities(run: Any, path: str) -> tuple[np.ndarray, np.ndarray]:
     """(gold label ids, class probabilities) of one run on a labelled file, in file order."""
     dataset = run.task.read_labelled(path)
     features = [dict(row) for row in run.task.tokenize(dataset, run.tokenizer)]
-    probs = run.task._forward(run.model, run.tokenizer, features, run.batch_size)
+    probs = run.task.probabilities(run.model, run.tokenizer, features, run.batch_size)
     gold = np.asarray([f["labels"] for f in features])
     return gold, probs
 

@@ -1,7 +1,8 @@
 """Name -> class registries for tasks and methods, imported lazily.
 
 Adding a task or a method is one new file and one line in its package's registry table.
-Entries are "module:Class" strings so that listing names never imports torch or peft.
+Entries are "module:Class" strings so that listing names never imports torch or peft. Code
+outside the package (a plugin, a test) registers a class directly with `register`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,24 @@ class Registry:
 
     def names(self) -> list[str]:
         return list(self._entries)
+
+    def register(self, name: str, target: str | type) -> None:
+        """Add `name`: a "module:Class" string (imported on first use) or the class itself."""
+        if name in self._entries:
+            raise LmtuneError(f"{self.kind} '{name}' is already registered")
+        if isinstance(target, str):
+            self._entries[name] = target
+        else:
+            self._entries[name] = f"{target.__module__}:{target.__qualname__}"
+            self._loaded[name] = target
+
+    def unregister(self, name: str) -> None:
+        self._entries.pop(name, None)
+        self._loaded.pop(name, None)
+
+    def classes(self) -> dict[str, Any]:
+        """Every registered name with its class (imports them all)."""
+        return {name: self.get(name) for name in self._entries}
 
     def get(self, name: str) -> Any:
         if name not in self._entries:

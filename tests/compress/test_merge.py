@@ -63,7 +63,9 @@ def test_prompt_tuning_cannot_merge(tiny_bert):
         _tiny_classifier(tiny_bert), PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4)
     )
     with pytest.raises(LmtuneError, match=r"virtual tokens.*--no-merge"):
-        check_mergeable(model, "prompt-tuning")
+        check_mergeable("prompt-tuning")
+    with pytest.raises(LmtuneError, match=r"virtual tokens.*--no-merge"):
+        merge(model, "prefix-tuning")
 
 
 def test_bottleneck_adapters_cannot_merge(tiny_bert):

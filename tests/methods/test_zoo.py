@@ -137,13 +137,12 @@ def test_prompt_learning_head_is_saved(method, tiny_bert, sentiment_files, tmp_p
 
 
 @pytest.mark.parametrize("method", ["prompt-tuning", "prefix-tuning"])
-@pytest.mark.parametrize("task_type", [None, "TOKEN_CLS"])
-def test_prompt_learning_refuses_unsupported_tasks(
-    method, task_type, tiny_bert, sentiment_files, tmp_path, monkeypatch
+def test_prompt_learning_refuses_tasks_that_do_not_accept_virtual_tokens(
+    method, tiny_bert, sentiment_files, tmp_path, monkeypatch
 ):
     cls = get_task_class("classification")
-    monkeypatch.setattr(cls, "peft_task_type", task_type)
-    with pytest.raises(LmtuneError, match=f"does not support task .*{task_type}"):
+    monkeypatch.setattr(cls, "capabilities", cls.capabilities - {"accepts-virtual-tokens"})
+    with pytest.raises(LmtuneError, match=f"task 'classification' cannot be used for method '{method}'"):
         build(tiny_bert, sentiment_files, tmp_path, method)
 
 

@@ -191,10 +191,11 @@ def distill(
     if not 0 <= alpha <= 1:
         raise LmtuneError(f"--alpha {alpha}: must be between 0 and 1", hint="e.g. --alpha 0.5")
     teacher = Run.load(teacher_dir)
-    if teacher.task.name not in ("classification", "token-classification"):
-        raise LmtuneError(
-            f"distillation supports classification and token classification, not '{teacher.task.name}'"
-        )
+    teacher.task.require(
+        "logit-distillation",
+        "distillation",
+        hint="distil a classification or token-classification run",
+    )
     cfg = student_config(teacher, student, method, output_dir, overrides or [], student_layers)
     ref = resolve_model(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
     _check_tokenizers(teacher.tokenizer, ref.path)

@@ -1,9 +1,9 @@
 """Turn a run's model into one standalone transformers model (LoRA-family adapters merged in).
 
 peft does the maths (`merge_and_unload` folds LoRA/DoRA/IA3/AdaLoRA deltas into the base
-weights); this file decides which runs can be merged, says clearly which cannot, and saves
-the result with plain `save_pretrained` so `AutoModelFor...from_pretrained(dir)` loads it
-without lmtune or peft.
+weights); each method says whether it can be merged (its `mergeable` capability, with its own
+reason where not) and merges in `Method.merged`; this file saves the result with plain
+`save_pretrained`, so `AutoModelFor...from_pretrained(dir)` loads it without lmtune or peft.
 """
 
 from __future__ import annotations
@@ -14,65 +14,27 @@ from typing import Any
 
 from torch import nn
 
-from lmtune.errors import LmtuneError
 
-# peft's prompt-learning methods prepend virtual tokens at run time: there is no weight to merge.
-_PROMPT_LEARNING = ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING")
+def method_class(method: str) -> Any:
+    from lmtune.methods import get_method_class
 
-
-def is_peft(model: nn.Module) -> bool:
-    return hasattr(model, "peft_config")
+    return get_method_class(method)
 
 
-def _has_bottleneck_adapters(model: nn.Module) -> bool:
-    from lmtune.methods.adapters import BottleneckAdapter
+def check_mergeable(method: str) -> None:
+    """Raise `LmtuneError` unless the run's method declares that it can be merged."""
+    from lmtune.methods.base import MERGE_HINT
 
-    return any(isinstance(m, BottleneckAdapter) for m in model.modules())
-
-
-def check_mergeable(model: nn.Module, method: str) -> None:
-    """Raise `LmtuneError` for a model whose trained part cannot be folded into plain weights."""
-    if _has_bottleneck_adapters(model):
-        raise LmtuneError(
-            f"method '{method}' adds bottleneck adapter modules: they cannot be merged into base weights",
-            hint="export with --no-merge --keep-adapter (the run's model/ loads with `lmtune` only)",
-        )
-    if any(type(m).__name__ in ("Linear4bit", "Linear8bitLt") for m in model.modules()):
-        raise LmtuneError(
-            f"method '{method}' trained its adapter on a quantized base: merging into it would give "
-            "a quantized model, and merging into the full-precision base is not built yet",
-            hint="export with --no-merge --keep-adapter (peft loads the adapter onto the base: "
-            "PeftModel.from_pretrained(base, dir).merge_and_unload())",
-        )
-    if is_peft(model):
-        config = model.peft_config[model.active_adapter]
-        peft_type = str(getattr(config.peft_type, "value", config.peft_type))
-        if peft_type in _PROMPT_LEARNING or not hasattr(model, "merge_and_unload"):
-            raise LmtuneError(
-                f"method '{method}' ({peft_type.lower()}) learns virtual tokens, not weight deltas: "
-                "nothing to merge",
-                hint="export with --no-merge --keep-adapter, or train with lora/dora/ia3 to get a "
-                "standalone model",
-            )
+    method_class(method).require("mergeable", "merging into the base model", hint=MERGE_HINT)
 
 
 def merge(model: nn.Module, method: str) -> nn.Module:
     """A plain transformers model computing what `model` computes (adapters merged in).
 
-    Models that are already plain (full, freeze, bitfit, gradual-unfreeze) come back as they are.
+    The method does the merging (`Method.merged`): peft methods fold their deltas in; methods
+    that train the model's own weights (full, freeze, bitfit, gradual-unfreeze) return it as it is.
     """
-    check_mergeable(model, method)
-    if not is_peft(model):
-        return model
-    try:
-        merged = model.merge_and_unload()
-    except (ValueError, TypeError, NotImplementedError, AttributeError) as exc:
-        raise LmtuneError(
-            f"peft cannot merge method '{method}': {str(exc).splitlines()[0][:200]}",
-            hint="export with --no-merge --keep-adapter",
-        ) from None
-    merged.eval()
-    return merged
+    return method_class(method).merged(model)
 
 
 def save_model(model: nn.Module, tokenizer: Any, directory: Path) -> None:

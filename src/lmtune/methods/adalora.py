@@ -121,7 +121,7 @@ def _load_with_saved_rank_pattern(peft_model: Any) -> None:
     peft_model.load_adapter = load_adapter
 
 
-class AdaLoraMethod(PeftMethod):
+class AdaLoraMethod(PeftMethod, capabilities={"fixed-trainable-set", "mergeable", "peft-adapter"}):
     name: ClassVar[str] = "adalora"
     description: ClassVar[str] = "Adaptive-rank LoRA via peft: prunes the rank budget while training."
     Options = AdaLoraOptions

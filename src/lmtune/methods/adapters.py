@@ -130,7 +130,10 @@ def is_norm(module: nn.Module) -> bool:
     return isinstance(module, nn.LayerNorm) or kind.endswith(("LayerNorm", "RMSNorm"))
 
 
-class _AdapterMethod(Method):
+class _AdapterMethod(Method, capabilities={"fixed-trainable-set", "multi-task"}):
+    refusals: ClassVar[dict[str, str]] = {
+        "mergeable": "it adds bottleneck adapter modules, which cannot be folded into base weights",
+    }
     Options = AdapterOptions
     default_learning_rate: ClassVar[float] = 1e-3
     placement: ClassVar[tuple[str, ...]]

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from lmtune.capabilities import METHOD_CAPABILITIES, Capable
 from lmtune.errors import LmtuneError
 
 # Builds the task model from a directory (None: the base pretrained model).
@@ -34,7 +35,12 @@ class MethodContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Method:
+class Method(Capable):
+    """A fine-tuning method. Declares `capabilities` (see `lmtune.capabilities`) and the hooks
+    its consumers call: `apply`, `callbacks`, `save`, `load` and, where mergeable, `merged`."""
+
+    kind: ClassVar[str] = "method"
+    vocabulary: ClassVar[dict[str, str]] = METHOD_CAPABILITIES
     name: ClassVar[str]
     description: ClassVar[str]
     Options: ClassVar[type[BaseModel]] = NoOptions
@@ -58,6 +64,18 @@ class Method:
     def load(self, directory: Path, build: ModelBuilder) -> nn.Module:
         """Rebuild the trained model from `directory` (written by `save`)."""
         return build(str(directory))
+
+    @classmethod
+    def merged(cls, model: nn.Module) -> nn.Module:
+        """A plain transformers model computing what `model` computes (for `mergeable` methods).
+
+        Methods that train the model's own weights (full, freeze, BitFit, ...) return it as it is.
+        """
+        cls.require("mergeable", "merging into the base model", hint=MERGE_HINT)
+        return model
+
+
+MERGE_HINT = "export with --no-merge --keep-adapter (the run's model/ directory, as it was trained)"
 
 
 # ---- helpers shared by the methods ---------------------------------------------------------

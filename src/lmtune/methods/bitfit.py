@@ -13,7 +13,7 @@ from lmtune.errors import LmtuneError
 from lmtune.methods.base import Method, MethodContext, freeze_all, unfreeze_head
 
 
-class BitFitMethod(Method):
+class BitFitMethod(Method, capabilities={"fixed-trainable-set", "mergeable", "multi-task"}):
     name: ClassVar[str] = "bitfit"
     description: ClassVar[str] = "Train only bias terms and the task head (about 0.1% of parameters)."
     default_learning_rate: ClassVar[float] = 1e-3

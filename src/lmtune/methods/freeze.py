@@ -22,7 +22,7 @@ class FreezeOptions(BaseModel):
     cache_max_mb: float = Field(default=4096, gt=0, description="Memory budget of that cache.")
 
 
-class FreezeMethod(Method):
+class FreezeMethod(Method, capabilities={"fixed-trainable-set", "mergeable", "multi-task"}):
     name: ClassVar[str] = "freeze"
     description: ClassVar[str] = "Freeze the lower layers; train the top k layers and the head."
     Options = FreezeOptions

@@ -9,7 +9,7 @@ from torch import nn
 from lmtune.methods.base import Method, MethodContext
 
 
-class FullMethod(Method):
+class FullMethod(Method, capabilities={"fixed-trainable-set", "mergeable", "multi-task"}):
     name: ClassVar[str] = "full"
     description: ClassVar[str] = "Train every parameter (the strongest baseline, the most memory)."
     default_learning_rate: ClassVar[float] = 5e-5

@@ -65,7 +65,11 @@ class GradualUnfreezeCallback(TrainerCallback):
         self.set_epoch(math.floor((state.epoch or 0.0) + 1e-6))
 
 
-class GradualUnfreezeMethod(Method):
+class GradualUnfreezeMethod(Method, capabilities={"mergeable", "multi-task"}):
+    refusals: ClassVar[dict[str, str]] = {
+        "fixed-trainable-set": "it unfreezes layers while training, and DDP/FSDP only synchronise "
+        "the parameters that are trainable when training starts",
+    }
     name: ClassVar[str] = "gradual-unfreeze"
     description: ClassVar[str] = "ULMFiT: train the head first, then unfreeze one more layer per epoch."
     Options = GradualUnfreezeOptions

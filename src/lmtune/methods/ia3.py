@@ -60,7 +60,7 @@ def ia3_modules(model: nn.Module, opts: Ia3Options) -> tuple[list[str], list[str
     return list(targets), list(feedforward)
 
 
-class Ia3Method(PeftMethod):
+class Ia3Method(PeftMethod, capabilities={"fixed-trainable-set", "mergeable", "peft-adapter", "multi-task"}):
     name: ClassVar[str] = "ia3"
     description: ClassVar[str] = "IA3 via peft: trained vectors rescale keys, values and FFN inputs (tiny)."
     Options = Ia3Options

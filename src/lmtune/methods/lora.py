@@ -23,7 +23,7 @@ class LoraOptions(BaseModel):
     use_rslora: bool = Field(default=False, description="Rank-stabilised scaling alpha/sqrt(r).")
 
 
-class LoraMethod(PeftMethod):
+class LoraMethod(PeftMethod, capabilities={"fixed-trainable-set", "mergeable", "peft-adapter", "multi-task"}):
     name: ClassVar[str] = "lora"
     description: ClassVar[str] = "Low-rank adapters on attention layers via peft (small, fast, strong)."
     Options = LoraOptions

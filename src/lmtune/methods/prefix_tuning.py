@@ -13,11 +13,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
-from lmtune.methods.base import MethodContext
-from lmtune.methods.peft_base import PeftMethod
-from lmtune.methods.prompt_tuning import check_prompt_learning_task, smoke_forward
+from lmtune.methods.prompt_tuning import PromptLearningMethod
 
 
 class PrefixTuningOptions(BaseModel):
@@ -33,26 +30,20 @@ class PrefixTuningOptions(BaseModel):
     )
 
 
-class PrefixTuningMethod(PeftMethod):
+class PrefixTuningMethod(PromptLearningMethod):
     name: ClassVar[str] = "prefix-tuning"
     description: ClassVar[str] = "Prefix tuning via peft: trained key/value prefixes in every layer."
     Options = PrefixTuningOptions
     default_learning_rate: ClassVar[float] = 1e-2
 
-    def peft_config(self, model: nn.Module, ctx: MethodContext, modules_to_save: list[str]) -> Any:
+    def prompt_config(self, task_type: str, modules_to_save: list[str] | None) -> Any:
         from peft import PrefixTuningConfig
 
         opts: PrefixTuningOptions = self.options  # type: ignore[assignment]
-        task_type = check_prompt_learning_task(self.name, ctx)
         return PrefixTuningConfig(
             task_type=task_type,
             num_virtual_tokens=opts.num_virtual_tokens,
             prefix_projection=opts.prefix_projection,
             encoder_hidden_size=opts.encoder_hidden_size,
-            modules_to_save=modules_to_save or None,
+            modules_to_save=modules_to_save,
         )
-
-    def apply(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
-        wrapped = super().apply(model, ctx)
-        smoke_forward(self.name, wrapped)
-        return wrapped

@@ -23,24 +23,15 @@ from lmtune.errors import LmtuneError
 from lmtune.methods.base import MethodContext
 from lmtune.methods.peft_base import PeftMethod
 
-# peft task types whose prediction code in lmtune works with prompt learning.
-PROMPT_LEARNING_TASK_TYPES = ("SEQ_CLS", "CAUSAL_LM")
-# Methods that prepend virtual tokens or key/value prefixes (tasks check this, e.g. to turn packing off).
-PROMPT_LEARNING_METHODS = ("prompt-tuning", "prefix-tuning")
-
 
 def check_prompt_learning_task(method: str, ctx: MethodContext) -> str:
     """The peft task type, or a clear error when prompt learning cannot serve this task."""
-    task = ctx.task
-    task_type = getattr(task, "peft_task_type", None)
-    task_name = getattr(task, "name", task.__class__.__name__)
-    if task_type not in PROMPT_LEARNING_TASK_TYPES:
-        raise LmtuneError(
-            f"method '{method}' does not support task '{task_name}' "
-            f"(peft task type {task_type}; supported: {', '.join(PROMPT_LEARNING_TASK_TYPES)})",
-            hint="virtual tokens shift or lack per-token outputs; use lora, ia3 or an adapter method",
-        )
-    return task_type
+    ctx.task.require(
+        "accepts-virtual-tokens",
+        f"method '{method}'",
+        hint="virtual tokens shift or lack per-token outputs; use lora, ia3 or an adapter method",
+    )
+    return ctx.task.peft_task_type
 
 
 def smoke_forward(method: str, model: nn.Module) -> None:
@@ -69,23 +60,38 @@ class PromptTuningOptions(BaseModel):
     num_virtual_tokens: int = Field(default=20, ge=1, le=512, description="Soft-prompt length in tokens.")
 
 
-class PromptTuningMethod(PeftMethod):
-    name: ClassVar[str] = "prompt-tuning"
-    description: ClassVar[str] = "Soft prompt via peft: trained virtual-token embeddings, frozen model."
-    Options = PromptTuningOptions
-    default_learning_rate: ClassVar[float] = 1e-2
+class PromptLearningMethod(
+    PeftMethod, capabilities={"fixed-trainable-set", "peft-adapter", "virtual-tokens"}
+):
+    """Shared by prompt and prefix tuning: the task check, peft's config, the smoke forward."""
+
+    refusals: ClassVar[dict[str, str]] = {
+        "mergeable": "it learns virtual tokens, not weight deltas: there is nothing to merge",
+    }
+
+    def prompt_config(self, task_type: str, modules_to_save: list[str] | None) -> Any:
+        """peft's config for this method (`task_type` checked, `modules_to_save` the head)."""
+        raise NotImplementedError
 
     def peft_config(self, model: nn.Module, ctx: MethodContext, modules_to_save: list[str]) -> Any:
-        from peft import PromptTuningConfig
-
-        task_type = check_prompt_learning_task(self.name, ctx)
-        return PromptTuningConfig(
-            task_type=task_type,
-            num_virtual_tokens=self.options.num_virtual_tokens,  # type: ignore[attr-defined]
-            modules_to_save=modules_to_save or None,
-        )
+        return self.prompt_config(check_prompt_learning_task(self.name, ctx), modules_to_save or None)
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         wrapped = super().apply(model, ctx)
         smoke_forward(self.name, wrapped)
         return wrapped
+
+
+class PromptTuningMethod(PromptLearningMethod):
+    name: ClassVar[str] = "prompt-tuning"
+    description: ClassVar[str] = "Soft prompt via peft: trained virtual-token embeddings, frozen model."
+    Options = PromptTuningOptions
+    default_learning_rate: ClassVar[float] = 1e-2
+
+    def prompt_config(self, task_type: str, modules_to_save: list[str] | None) -> Any:
+        from peft import PromptTuningConfig
+
+        opts: PromptTuningOptions = self.options  # type: ignore[assignment]
+        return PromptTuningConfig(
+            task_type=task_type, num_virtual_tokens=opts.num_virtual_tokens, modules_to_save=modules_to_save
+        )

@@ -89,7 +89,12 @@ def quantize_linear_layers(model: nn.Module, options: QloraOptions, keep: tuple[
     return replaced
 
 
-class QloraMethod(LoraMethod):
+class QloraMethod(LoraMethod, capabilities={"fixed-trainable-set", "peft-adapter"}):
+    refusals: ClassVar[dict[str, str]] = {
+        "mergeable": "its adapter was trained on a quantized (4-bit) base; merging into that gives "
+        "a quantized model, and merging into the full-precision base is not built (peft does it: "
+        "PeftModel.from_pretrained(base, dir).merge_and_unload())",
+    }
     name: ClassVar[str] = "qlora"
     description: ClassVar[str] = "LoRA on a 4-bit NF4 base via bitsandbytes (about 1/8 of the base memory)."
     Options = QloraOptions

@@ -30,10 +30,6 @@ from lmtune.errors import LmtuneError
 if TYPE_CHECKING:
     from lmtune.config import DistributedConfig, RunConfig
 
-# Methods that change which parameters train while training: DDP and FSDP register the trainable
-# parameters once, when they wrap the model, so parameters unfrozen later would never be synchronised.
-METHODS_CHANGING_TRAINABLE = ("gradual-unfreeze",)
-
 
 def world_size() -> int:
     """Processes in this run (1 unless started by accelerate launch / torchrun)."""
@@ -102,12 +98,15 @@ def check_supported(cfg: RunConfig) -> None:
     """Refuse combinations that would silently train something else in several processes."""
     if not is_distributed():
         return
-    if cfg.method.name in METHODS_CHANGING_TRAINABLE:
-        raise LmtuneError(
-            f"method '{cfg.method.name}' cannot run in {world_size()} processes: it unfreezes layers "
-            "while training, and DDP/FSDP only synchronise the parameters trainable when training starts",
-            hint="use method freeze (fixed layers) or full, or run in one process",
-        )
+    from lmtune.methods import get_method_class
+
+    # DDP and FSDP register the trainable parameters once, when they wrap the model, so parameters
+    # a method unfreezes later would never be synchronised.
+    get_method_class(cfg.method.name).require(
+        "fixed-trainable-set",
+        f"training in {world_size()} processes",
+        hint="use method freeze (fixed layers) or full, or run in one process",
+    )
     dist = cfg.train.distributed
     if dist is not None and dist.strategy == "deepspeed":
         try:
