@@ -140,3 +140,29 @@ def test_bf16_autocast_trains_on_cpu(tiny_bert, sentiment_files, tmp_path):
     run = lmtune.train(cfg)
     assert run.metrics["train"]["final_train_loss"] > 0
     assert all(p.dtype == torch.float32 for p in run.model.parameters())
+
+
+def test_an_empty_copy_filled_with_gathered_weights_computes_what_the_model_does():
+    """The FSDP/DeepSpeed path: the adapted model's structure is kept empty (meta) and filled
+    with the gathered full state, so the method is applied once; non-persistent buffers
+    (position ids) and tied weights survive."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmtune.run import EmptyCopy
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(target_modules=["q_proj", "v_proj"]))
+    empty = EmptyCopy.of(model)
+    assert all(p.device.type == "meta" for p in empty.module.parameters())
+    filled = empty.filled(model.state_dict()).eval()
+    inner = filled.get_base_model()
+    assert inner.lm_head.weight is inner.model.embed_tokens.weight
+    ids = torch.randint(0, 64, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(filled(input_ids=ids).logits, model.eval()(input_ids=ids).logits)

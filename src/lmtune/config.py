@@ -136,7 +136,16 @@ class AugmentConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """Where the data is and how to read it."""
+    """Where the data is and how to read it.
+
+    The fields here are read by every task. Keys that only some tasks read (e.g. classification's
+    `label_delimiter`, `augment`, `streaming`) are declared by the task itself (`Task.DataOptions`)
+    and validated against the chosen task once the whole config is known (`RunConfig`): they are
+    written under `data:` like the others, and a key the chosen task does not read is an error
+    that names the task.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     train: str | None = Field(default=None, description="Training file (csv, tsv, json, jsonl, parquet).")
     validation: str | None = Field(default=None, description="Validation file; carved from train if absent.")
@@ -166,9 +175,6 @@ class DataConfig(_Strict):
                 raise ValueError(f"labels listed twice: {', '.join(map(str, duplicates))}")
         return value
 
-    label_delimiter: str | None = Field(
-        default=None, description="Split label strings on this for multi-label data, e.g. '|'."
-    )
     max_length: int = Field(default=256, ge=8, le=32768, description="Truncate inputs to this many tokens.")
     validation_split: float = Field(default=0.1, gt=0, lt=0.5, description="Share of train held out.")
     test_split: float = Field(default=0.1, gt=0, lt=0.5, description="Share of train held out for test.")
@@ -177,17 +183,50 @@ class DataConfig(_Strict):
         default=True,
         description="Cache tokenized splits on disk ($LMTUNE_CACHE/tokenized); reruns skip tokenizing.",
     )
-    streaming: bool = Field(
-        default=False,
-        description="Read the train file in chunks instead of into memory (data larger than RAM; "
-        "needs a validation file).",
-    )
     max_train_samples: int | None = Field(
         default=None, ge=1, description="Train on a seeded random subset of this size (quick experiments)."
     )
-    augment: AugmentConfig | None = Field(
-        default=None, description="Add augmented copies of training rows (train split only)."
-    )
+
+
+def common_data_keys() -> list[str]:
+    """The data keys every task reads."""
+    return list(DataConfig.model_fields)
+
+
+def task_data_options(task_type: str) -> type[BaseModel]:
+    """The model of the data keys that task `task_type` reads beyond the common ones."""
+    from lmtune.tasks import get_task_class
+
+    return get_task_class(task_type).DataOptions
+
+
+def _validated_data_keys(task_type: str, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate the task-owned data keys; the values stay typed (e.g. `AugmentConfig`)."""
+    options_model = task_data_options(task_type)
+    try:
+        options = options_model(**(extra or {}))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(["data", *(str(p) for p in err["loc"])])
+        if err["type"] != "extra_forbidden":
+            msg = err.get("msg", "invalid value").removeprefix("Value error, ")
+            got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+            raise OptionsError(LmtuneError(f"invalid value for '{key}': {msg}{got}")) from None
+        valid = common_data_keys() + list(options_model.model_fields)
+        close = difflib.get_close_matches(str(err["loc"][-1]), valid, n=1, cutoff=0.5)
+        owners = [t for t in _tasks_reading(str(err["loc"][0])) if t != task_type]
+        reason = f"task '{task_type}' does not read it" + (
+            f" (read by: {', '.join(owners)})" if owners else ""
+        )
+        hint = f"did you mean 'data.{close[0]}'?" if close else "valid keys: " + ", ".join(valid)
+        raise OptionsError(LmtuneError(f"unknown key '{key}': {reason}", hint=hint)) from None
+    return {name: getattr(options, name) for name in options_model.model_fields}
+
+
+def _tasks_reading(key: str) -> list[str]:
+    from lmtune.tasks import TASKS
+
+    return [name for name, cls in TASKS.classes().items() if key in cls.DataOptions.model_fields]
 
 
 class DistributedConfig(_Strict):
@@ -371,6 +410,11 @@ class RunConfig(_Strict):
     def _expand_shorthands(cls, raw: Any) -> Any:
         return normalise(raw) if isinstance(raw, dict) else raw
 
+    @model_validator(mode="after")
+    def _task_owned_data_keys(self) -> RunConfig:
+        self.data.__pydantic_extra__ = _validated_data_keys(self.task.type, self.data.model_extra)
+        return self
+
     @field_validator("output_dir")
     @classmethod
     def _non_empty(cls, value: str) -> str:
@@ -399,8 +443,8 @@ class RunConfig(_Strict):
         # that do not use them are unchanged.
         if raw.get("sweep") is None:
             raw.pop("sweep", None)
-        if raw["data"].get("augment") is None:
-            raw["data"].pop("augment", None)
+        if raw["data"].get("augment", "unset") is None:
+            raw["data"].pop("augment")
         return raw
 
     def to_yaml(self) -> str:

@@ -21,6 +21,7 @@ import resource
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,10 @@ from lmtune.config import RunConfig
 from lmtune.errors import LmtuneError
 from lmtune.io import atomic_dir, write_json, write_text
 from lmtune.methods import get_method_class
-from lmtune.methods.base import MethodContext, count_parameters
+from lmtune.methods.base import Method, MethodContext, count_parameters
 from lmtune.models import resolve_model
 from lmtune.tasks import get_task_class
-from lmtune.tasks.base import default_device
+from lmtune.tasks.base import EvalResult, PreparedData, Task, default_device
 
 STATE_FILE = "run.json"
 
@@ -108,36 +109,73 @@ def last_checkpoint(out: Path, cfg: RunConfig | None = None) -> str | None:
     return str(path) if path else None
 
 
-# ---- training -----------------------------------------------------------------------------------
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+# ---- training: the phases ---------------------------------------------------------------------
+# `train` is a straight line of phases. Each takes the typed objects of earlier phases and returns
+# its own; none reaches back. Only `claim_run_dir` and `write_artefacts` write the run directory.
 
 
-def _load_tokenizer(path: str, cfg: RunConfig) -> Any:
-    from transformers import AutoTokenizer
+@dataclass(frozen=True)
+class RunPlan:
+    """What is decided before any data is read: where the run goes and what to do there."""
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token  # decoder-only models ship without a pad token
-    return tokenizer
+    cfg: RunConfig  # as the user gave it: its fingerprint names the run
+    out: Path
+    status: str  # "new", "resume" or "complete"
+    main: bool  # this process writes the run directory
+    task_cls: type[Task]
+    method_cls: type[Method]
+    model_path: str
 
 
-def _resolve(cfg: RunConfig, task: Any, method_cls: Any) -> RunConfig:
-    """Fill in what the data and the method decide, so config.yaml reproduces the run exactly."""
-    raw = cfg.to_dict()
-    raw["data"]["labels"] = task.labels
-    for key, attr in (
-        ("text_column", "text_column"),
-        ("text_pair_column", "pair_column"),
-        ("label_column", "label_column"),
-    ):
-        if hasattr(task, attr):
-            raw["data"][key] = getattr(task, attr)
-    raw["task"].update(task.resolved_options())
-    raw["train"]["learning_rate"] = cfg.train.learning_rate or method_cls.default_learning_rate
-    raw["train"]["metric_for_best_model"] = cfg.train.metric_for_best_model or task.default_metric
-    return RunConfig.from_dict(raw)
+@dataclass(frozen=True)
+class PreparedRun:
+    """The resolved config (what config.yaml holds), the task bound to it, and the tokenized data."""
+
+    resolved: RunConfig
+    task: Task
+    data: PreparedData
+    tokenizer: Any
+    train_set: Any  # a tokenized Dataset, or the length-grouped stream (data.streaming)
+    eval_set: Any
+    train_rows: int
+    global_batch: int
+    total_steps: int
+
+    @property
+    def eval_batch_size(self) -> int:
+        t = self.resolved.train
+        return t.eval_batch_size or t.batch_size * 2
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """The task model with the method applied, and what was measured before the method."""
+
+    model: Any
+    method: Method
+    trainable: int
+    total: int
+    baseline: dict[str, Any] | None
+    # Sharded strategies leave each process a shard: an empty copy to gather the weights into.
+    skeleton: Any = None
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What training produced: the trained model (full weights, on the main process) and figures."""
+
+    model: Any
+    runtime_s: float
+    train_loss: float
+    trainer_samples_per_second: float
+    real_tokens: int
+    padded_tokens: int
+    global_step: int
+    epoch: float
+    best_metric: float | None
+    resumed_from: str | None
+    removed_checkpoints: list[str]
+    skipped_nan_steps: int
 
 
 def train(
@@ -152,8 +190,24 @@ def train(
     Started by `accelerate launch` in several processes, every process trains its share and
     only the main one writes the run directory and returns the run; the others return None.
     """
-    from transformers import set_seed
+    plan = plan_run(cfg, overwrite)
+    if plan.status == "complete":
+        return Run.load(plan.out) if plan.main else None
+    prepared = prepare(plan)
+    built = build_model(plan, prepared)
+    claim_run_dir(plan, prepared)
+    fit = fit_model(plan, prepared, built, trainer_class, callbacks or [])
+    if not plan.main:
+        return None
+    save_trained_model(plan.out, prepared, built.method, fit.model)
+    results = evaluate_splits(prepared, fit.model)
+    metrics = collect_metrics(prepared, built, fit, results)
+    write_artefacts(plan, prepared, built.method, metrics, results)
+    return Run(plan.out, prepared.resolved, prepared.task, fit.model, prepared.tokenizer, metrics)
 
+
+def plan_run(cfg: RunConfig, overwrite: bool) -> RunPlan:
+    """Refuse what this config cannot do, join the process group, decide new/resume/complete."""
     from lmtune.training import distributed
 
     if cfg.sweep is not None:
@@ -161,216 +215,388 @@ def train(
             "this config has a `sweep:` section, which `lmtune train` does not run",
             hint="run it with `lmtune sweep CONFIG --output-dir DIR`, or remove the sweep: section",
         )
+    task_cls = get_task_class(cfg.task.type)
+    method_cls = get_method_class(cfg.method.name)
     distributed.check_supported(cfg)
     if distributed.is_distributed():
         distributed.process_state(cfg.train.distributed)
-    main = distributed.is_main_process()
     status = distributed.on_main(prepare_output_dir, cfg, overwrite)
-    out = Path(cfg.output_dir)
-    if status == "complete":
-        return Run.load(out) if main else None
-    set_seed(cfg.train.seed)
-    task_cls = get_task_class(cfg.task.type)
-    method_cls = get_method_class(cfg.method.name)
     model_ref = resolve_model(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
-    if cfg.data.streaming and not task_cls.supports_streaming:
-        raise LmtuneError(
-            f"task '{cfg.task.type}' cannot stream its training data (data.streaming)",
-            hint="streaming is available for classification; set data.streaming to false",
-        )
-    task = task_cls(cfg)
+    return RunPlan(
+        cfg=cfg,
+        out=Path(cfg.output_dir),
+        status=status,
+        main=distributed.is_main_process(),
+        task_cls=task_cls,
+        method_cls=method_cls,
+        model_path=model_ref.path,
+    )
+
+
+def prepare(plan: RunPlan) -> PreparedRun:
+    """Read and check the data, resolve the config once, tokenize (through the cache)."""
+    from transformers import set_seed
+
+    from lmtune.training import distributed
+
+    set_seed(plan.cfg.train.seed)
+    task = plan.task_cls(plan.cfg)
     data = task.prepare_data()
-    resolved = _resolve(cfg, task, method_cls)
-
-    task = task_cls(resolved)
-    tokenizer = _load_tokenizer(model_ref.path, resolved)
-    tokenized = {}
-    if resolved.data.cache_tokenized:
-        from lmtune.data.cache import cached_tokenize, tokenizer_digest
-
-        tokenizer_id = tokenizer_digest(tokenizer)
-        hits = []
-        # The main process fills the cache; the others then read it instead of racing to write it.
-        with distributed.main_process_first():
-            for name, ds in data.splits.items():
-                tokenized[name], hit = cached_tokenize(task, ds, tokenizer, tokenizer_id)
-                if hit:
-                    hits.append(name)
-        data.report["tokenization_cache_hits"] = hits
-    else:
-        tokenized = {name: task.tokenize(ds, tokenizer) for name, ds in data.splits.items()}
-    t = resolved.train
+    t = plan.cfg.train
     global_batch = t.batch_size * t.gradient_accumulation_steps * distributed.world_size()
+    train_rows = (data.train_rows or 0) if data.train_stream is not None else None
+    resolved = resolve_config(plan.cfg, task, plan.method_cls, global_batch, train_rows)
+    task.bind(resolved)
+    tokenizer = _load_tokenizer(plan.model_path, resolved)
+    tokenized = _tokenize_splits(task, data, tokenizer, resolved.data.cache_tokenized)
     if data.train_stream is not None:
         import datasets
 
         datasets.disable_progress_bars()  # the stream tokenizes chunk by chunk: one bar each
-        train_set = data.train_stream(tokenizer, t.batch_size, t.seed)
-        train_rows = data.train_rows or 0
+        train_set = data.train_stream(tokenizer, resolved.train.batch_size, resolved.train.seed)
         data.report["truncated_train"] = None  # not known before the stream is read
     else:
         train_set = tokenized["train"]
         train_rows = len(train_set)
-        # A task whose rows can fill max_length without truncation (packing) says which were truncated.
-        data.report["truncated_train"] = (
-            sum(train_set["truncated"])
-            if "truncated" in train_set.column_names
-            else sum(1 for n in train_set["length"] if n >= resolved.data.max_length)
-        )
-
-    set_seed(resolved.train.seed)
-    model = task.build_model(model_ref.path, fresh_head=True)
+        data.report["truncated_train"] = _count_truncated(train_set, resolved.data.max_length)
     steps_per_epoch = math.ceil(train_rows / global_batch)
-    total_steps = t.max_steps or math.ceil(steps_per_epoch * t.epochs)
-    if data.train_stream is not None and t.max_steps is None:
-        # A stream has no length the Trainer could count epochs by: give it the step count.
-        raw = resolved.to_dict()
-        raw["train"]["max_steps"] = total_steps
-        resolved = RunConfig.from_dict(raw)
-        t = resolved.train
-    batch = t.eval_batch_size or t.batch_size * 2
-    baseline = task.baseline(model, tokenizer, data.splits, batch) if main else None
-    method = method_cls(resolved.method.options)
-    model = method.apply(model, MethodContext(task=task, total_steps=total_steps))
-    if t.fast_dropout and default_device().type == "cpu":
+    total_steps = resolved.train.max_steps or math.ceil(steps_per_epoch * resolved.train.epochs)
+    return PreparedRun(
+        resolved=resolved,
+        task=task,
+        data=data,
+        tokenizer=tokenizer,
+        train_set=train_set,
+        eval_set=tokenized["validation"],
+        train_rows=train_rows,
+        global_batch=global_batch,
+        total_steps=total_steps,
+    )
+
+
+def resolve_config(
+    cfg: RunConfig, task: Task, method_cls: type[Method], global_batch: int, stream_rows: int | None
+) -> RunConfig:
+    """Fill in what the data and the method decide, so config.yaml reproduces the run exactly.
+
+    A stream (`stream_rows` set) has no length the Trainer could count epochs by, so its step
+    count is written in too.
+    """
+    raw = cfg.to_dict()
+    raw["data"].update(task.resolved_data())
+    raw["task"].update(task.resolved_options())
+    raw["train"]["learning_rate"] = cfg.train.learning_rate or method_cls.default_learning_rate
+    raw["train"]["metric_for_best_model"] = cfg.train.metric_for_best_model or task.default_metric
+    if stream_rows is not None and cfg.train.max_steps is None:
+        raw["train"]["max_steps"] = math.ceil(math.ceil(stream_rows / global_batch) * cfg.train.epochs)
+    return RunConfig.from_dict(raw)
+
+
+def _tokenize_splits(task: Task, data: PreparedData, tokenizer: Any, use_cache: bool) -> dict[str, Any]:
+    if not use_cache:
+        return {name: task.tokenize(ds, tokenizer) for name, ds in data.splits.items()}
+    from lmtune.data.cache import cached_tokenize, tokenizer_digest
+    from lmtune.training import distributed
+
+    tokenizer_id = tokenizer_digest(tokenizer)
+    tokenized, hits = {}, []
+    # The main process fills the cache; the others then read it instead of racing to write it.
+    with distributed.main_process_first():
+        for name, ds in data.splits.items():
+            tokenized[name], hit = cached_tokenize(task, ds, tokenizer, tokenizer_id)
+            if hit:
+                hits.append(name)
+    data.report["tokenization_cache_hits"] = hits
+    return tokenized
+
+
+def _count_truncated(train_set: Any, max_length: int) -> int:
+    # A task whose rows can fill max_length without truncation (packing) says which were truncated.
+    if "truncated" in train_set.column_names:
+        return sum(train_set["truncated"])
+    return sum(1 for n in train_set["length"] if n >= max_length)
+
+
+def build_model(plan: RunPlan, prepared: PreparedRun) -> BuiltModel:
+    """The task's model on the pretrained body, its untuned baseline, then the method applied."""
+    from transformers import set_seed
+
+    resolved, task = prepared.resolved, prepared.task
+    set_seed(resolved.train.seed)
+    model = task.build_model(plan.model_path, fresh_head=True)
+    splits = prepared.data.splits
+    baseline = (
+        task.baseline(model, prepared.tokenizer, splits, prepared.eval_batch_size) if plan.main else None
+    )
+    method = plan.method_cls(resolved.method.options)
+    model = method.apply(model, MethodContext(task=task, total_steps=prepared.total_steps))
+    if resolved.train.fast_dropout and default_device().type == "cpu":
         from lmtune.training import fast_dropout
 
         fast_dropout.install(model)
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise LmtuneError(f"method '{method.name}' left no trainable parameters", hint="check its options")
-    # The run directory is claimed only once data, model and method are known to work, so a
-    # setup error leaves nothing behind that a corrected command would collide with.
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_state(out, cfg, "running")
-        write_text(out / "config.yaml", resolved.to_yaml())
+    return BuiltModel(
+        model, method, trainable, total, baseline, skeleton=_skeleton_if_sharded(resolved, model)
+    )
 
+
+def _skeleton_if_sharded(cfg: RunConfig, model: Any) -> Any:
+    """An empty (meta-device) copy of the adapted model, for strategies that shard it.
+
+    FSDP and DeepSpeed leave each process a shard; the gathered weights are loaded into this
+    copy, so the method is applied once and the saved model has the trained structure.
+    """
+    from lmtune.training import distributed
+
+    dist = cfg.train.distributed
+    if not distributed.is_distributed() or dist is None or dist.strategy == "ddp":
+        return None
+    return EmptyCopy.of(model)
+
+
+@dataclass(frozen=True)
+class EmptyCopy:
+    """A model's structure without its weights, plus what `to_empty` loses: its buffers (small
+    tensors such as position ids, left out of state dicts when not persistent) and which
+    parameters are one tensor (tied embeddings)."""
+
+    module: Any
+    buffers: dict[str, Any]
+    tied: list[list[str]]
+
+    @classmethod
+    def of(cls, model: Any) -> EmptyCopy:
+        import copy
+
+        buffers = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
+        by_tensor: dict[int, list[str]] = {}
+        for name, param in model.named_parameters(remove_duplicate=False):
+            by_tensor.setdefault(id(param), []).append(name)
+        tied = [names for names in by_tensor.values() if len(names) > 1]
+        return cls(copy.deepcopy(model).to_empty(device="meta"), buffers, tied)
+
+    def filled(self, state_dict: dict[str, Any]) -> Any:
+        model = self.module.to_empty(device="cpu")
+        for name, buffer in self.buffers.items():
+            owner, _, attr = name.rpartition(".")
+            model.get_submodule(owner).register_buffer(attr, buffer, persistent=name in state_dict)
+        for first, *others in self.tied:
+            shared = model.get_parameter(first)
+            for name in others:
+                owner, _, attr = name.rpartition(".")
+                setattr(model.get_submodule(owner), attr, shared)
+        model.load_state_dict(state_dict)
+        return model
+
+
+def claim_run_dir(plan: RunPlan, prepared: PreparedRun) -> None:
+    """Mark the run directory as this run's, once data, model and method are known to work.
+
+    A setup error before this point leaves nothing behind that a corrected command would
+    collide with.
+    """
+    if not plan.main:
+        return
+    plan.out.mkdir(parents=True, exist_ok=True)
+    _write_state(plan.out, plan.cfg, "running")
+    write_text(plan.out / "config.yaml", prepared.resolved.to_yaml())
+
+
+def fit_model(
+    plan: RunPlan, prepared: PreparedRun, built: BuiltModel, trainer_class: Any, callbacks: list[Any]
+) -> FitResult:
+    """Train (resuming from the newest intact checkpoint), then gather the full weights."""
+    from lmtune.training import distributed
     from lmtune.training.callbacks import JsonlLogCallback, NanGuardCallback
     from lmtune.training.checkpoints import CheckpointSealCallback, remove_unusable
     from lmtune.training.trainer import build_trainer
 
+    out, t = plan.out, prepared.resolved.train
     nan_guard = NanGuardCallback(t.on_nan)
-    sealer = CheckpointSealCallback(t.save_total_limit, fingerprint(cfg))
     trainer = build_trainer(
-        resolved,
+        prepared.resolved,
         out,
-        model,
-        tokenizer,
-        task,
-        train_set,
-        tokenized["validation"],
+        built.model,
+        prepared.tokenizer,
+        prepared.task,
+        prepared.train_set,
+        prepared.eval_set,
         [
             JsonlLogCallback(out / "train_log.jsonl"),
             nan_guard,
-            sealer,
-            *method.callbacks(),
-            *(callbacks or []),
+            CheckpointSealCallback(t.save_total_limit, fingerprint(plan.cfg)),
+            *built.method.callbacks(),
+            *callbacks,
         ],
         trainer_class=trainer_class,
     )
 
     # A kill can leave a half-written checkpoint; only sealed, intact ones are resumed from.
     def find_resume_point() -> tuple[list[str], str | None]:
-        if status != "resume":
+        if plan.status != "resume":
             return [], None
-        return remove_unusable(out, fingerprint(cfg)), last_checkpoint(out, cfg)
+        return remove_unusable(out, fingerprint(plan.cfg)), last_checkpoint(out, plan.cfg)
 
     removed, resume_from = distributed.on_main(find_resume_point)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     runtime = time.perf_counter() - started
-    real_tokens, padded_tokens = distributed.sum_over_processes([trainer.real_tokens, trainer.padded_tokens])
-    if nan_guard.bad_step is not None:
-        good = last_checkpoint(out, cfg)
-        kept = f"; last good checkpoint: {good}" if good else "; no checkpoint was saved before it"
-        raise LmtuneError(
-            f"training stopped: the loss became NaN/inf at step {nan_guard.bad_step}{kept}",
-            hint="lower train.learning_rate, keep train.max_grad_norm set, use precision fp32, "
-            "or set train.on_nan=skip",
-        )
-    model = trainer.model
-    # FSDP / DeepSpeed leave each process a shard: gather the full weights into a fresh copy.
-    full_state = distributed.consolidated_state_dict(trainer)
-    if not main:
-        return None
-    if full_state is not None:
-        fresh = task.build_model(model_ref.path, fresh_head=True)
-        model = method.apply(fresh, MethodContext(task=task, total_steps=total_steps))
-        model.load_state_dict(full_state)
+    real, padded = distributed.sum_over_processes([trainer.real_tokens, trainer.padded_tokens])
+    _raise_if_nan(nan_guard, out, plan.cfg)
+    return FitResult(
+        model=_full_model(trainer, built),
+        runtime_s=runtime,
+        train_loss=result.training_loss,
+        trainer_samples_per_second=result.metrics.get("train_samples_per_second", 0.0),
+        real_tokens=real,
+        padded_tokens=padded,
+        global_step=trainer.state.global_step,
+        epoch=trainer.state.epoch or 0.0,
+        best_metric=trainer.state.best_metric,
+        resumed_from=resume_from,
+        removed_checkpoints=removed,
+        skipped_nan_steps=nan_guard.skipped_steps,
+    )
 
+
+def _raise_if_nan(nan_guard: Any, out: Path, cfg: RunConfig) -> None:
+    if nan_guard.bad_step is None:
+        return
+    good = last_checkpoint(out, cfg)
+    kept = f"; last good checkpoint: {good}" if good else "; no checkpoint was saved before it"
+    raise LmtuneError(
+        f"training stopped: the loss became NaN/inf at step {nan_guard.bad_step}{kept}",
+        hint="lower train.learning_rate, keep train.max_grad_norm set, use precision fp32, "
+        "or set train.on_nan=skip",
+    )
+
+
+def _full_model(trainer: Any, built: BuiltModel) -> Any:
+    """The trained model with its full weights (a collective under FSDP/DeepSpeed: every process)."""
+    from lmtune.training import distributed
+
+    full_state = distributed.consolidated_state_dict(trainer)
+    if full_state is None:
+        return trainer.model
+    return built.skeleton.filled(full_state)
+
+
+def save_trained_model(out: Path, prepared: PreparedRun, method: Method, model: Any) -> None:
+    """model/: the method's own format (adapter + head, or the whole model), tokenizer, lmtune.json."""
+    resolved = prepared.resolved
     with atomic_dir(out / "model") as tmp:
         method.save(model, tmp)
-        tokenizer.save_pretrained(tmp)
+        prepared.tokenizer.save_pretrained(tmp)
         write_json(
             tmp / "lmtune.json",
             {
                 "task": resolved.task.type,
                 "method": resolved.method.name,
                 "base_model": resolved.model.name,
-                "labels": task.labels,
+                "labels": prepared.task.labels,
                 "lmtune_version": __version__,
             },
         )
 
-    results = {
-        split: task.evaluate(model, tokenizer, data.splits[split], batch)
-        for split in ("validation", "test")
-        if split in data.splits
-    }
-    if data.train_stream is not None:
-        samples = min(trainer.state.global_step * global_batch, train_rows * t.epochs)
-    else:
-        samples = train_rows * trainer.state.epoch if trainer.state.epoch else 0
-    metrics: dict[str, Any] = {split: r.metrics for split, r in results.items()}
-    metrics["train"] = {
-        "runtime_s": round(runtime, 3),
-        "samples_per_second": round(samples / runtime, 3)
-        if runtime > 0 and resume_from is None
-        else round(result.metrics.get("train_samples_per_second", 0.0), 3),
-        # Packing puts several examples in one training row: count examples too.
-        "examples_per_second": round(
-            data.report.get("rows", {}).get("train", train_rows) * samples / max(train_rows, 1) / runtime, 3
-        )
-        if runtime > 0
-        else 0.0,
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
-        "tokens_per_second": round(real_tokens / runtime, 1) if runtime > 0 else 0.0,
-        "padded_tokens_per_second": round(padded_tokens / runtime, 1) if runtime > 0 else 0.0,
-        "padding_ratio": round(1 - real_tokens / max(padded_tokens, 1), 4),
-        "processes": distributed.world_size(),
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_percent": round(100 * trainable / total, 4) if total else 0.0,
-        "steps": trainer.state.global_step,
-        "epochs_completed": round(trainer.state.epoch or 0.0, 3),
-        "final_train_loss": round(result.training_loss, 6),
-        "best_checkpoint_metric": trainer.state.best_metric,
-        "resumed_from": Path(resume_from).name if resume_from else None,
-        "removed_incomplete_checkpoints": removed,
-        "skipped_nan_steps": nan_guard.skipped_steps,
-    }
-    if baseline is not None:
-        metrics["baseline"] = baseline
-    metrics["details"] = {split: r.details for split, r in results.items()}
-    metrics["data"] = data.report
-    write_json(out / "metrics.json", metrics)
 
+def evaluate_splits(prepared: PreparedRun, model: Any) -> dict[str, EvalResult]:
+    """The task's own metrics on the validation and test splits (the loop `lmtune eval` uses)."""
+    splits = prepared.data.splits
+    return {
+        split: prepared.task.evaluate(model, prepared.tokenizer, splits[split], prepared.eval_batch_size)
+        for split in ("validation", "test")
+        if split in splits
+    }
+
+
+def collect_metrics(
+    prepared: PreparedRun, built: BuiltModel, fit: FitResult, results: dict[str, EvalResult]
+) -> dict[str, Any]:
+    """metrics.json: a pure function of what the phases produced."""
+    metrics: dict[str, Any] = {split: r.metrics for split, r in results.items()}
+    metrics["train"] = _training_figures(prepared, built, fit)
+    if built.baseline is not None:
+        metrics["baseline"] = built.baseline
+    metrics["details"] = {split: r.details for split, r in results.items()}
+    metrics["data"] = prepared.data.report
+    return metrics
+
+
+def _training_figures(prepared: PreparedRun, built: BuiltModel, fit: FitResult) -> dict[str, Any]:
+    from lmtune.training import distributed
+
+    t, rows, runtime = prepared.resolved.train, prepared.train_rows, fit.runtime_s
+    if prepared.data.train_stream is not None:
+        samples = min(fit.global_step * prepared.global_batch, rows * t.epochs)
+    else:
+        samples = rows * fit.epoch
+    # Packing puts several examples in one training row: count examples too.
+    examples = prepared.data.report.get("rows", {}).get("train", rows) * samples / max(rows, 1)
+
+    def per_second(amount: float, digits: int) -> float:
+        return round(amount / runtime, digits) if runtime > 0 else 0.0
+
+    return {
+        "runtime_s": round(runtime, 3),
+        "samples_per_second": per_second(samples, 3)
+        if fit.resumed_from is None
+        else round(fit.trainer_samples_per_second, 3),
+        "examples_per_second": per_second(examples, 3),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "tokens_per_second": per_second(fit.real_tokens, 1),
+        "padded_tokens_per_second": per_second(fit.padded_tokens, 1),
+        "padding_ratio": round(1 - fit.real_tokens / max(fit.padded_tokens, 1), 4),
+        "processes": distributed.world_size(),
+        "trainable_params": built.trainable,
+        "total_params": built.total,
+        "trainable_percent": round(100 * built.trainable / built.total, 4) if built.total else 0.0,
+        "steps": fit.global_step,
+        "epochs_completed": round(fit.epoch, 3),
+        "final_train_loss": round(fit.train_loss, 6),
+        "best_checkpoint_metric": fit.best_metric,
+        "resumed_from": Path(fit.resumed_from).name if fit.resumed_from else None,
+        "removed_incomplete_checkpoints": fit.removed_checkpoints,
+        "skipped_nan_steps": fit.skipped_nan_steps,
+    }
+
+
+def write_artefacts(
+    plan: RunPlan,
+    prepared: PreparedRun,
+    method: Method,
+    metrics: dict[str, Any],
+    results: dict[str, EvalResult],
+) -> None:
+    """metrics.json, report.md, the model card; then mark the run complete and drop checkpoints."""
     from lmtune.evaluation.report import write_model_card, write_report
 
-    write_report(out, resolved, metrics, data.report, task.report_sections(results, out))
-    write_model_card(out, resolved, metrics, method_saves_adapter=_is_peft(model))
+    out, resolved = plan.out, prepared.resolved
+    write_json(out / "metrics.json", metrics)
+    sections = prepared.task.report_sections(results, out)
+    write_report(out, resolved, metrics, prepared.data.report, sections)
+    write_model_card(out, resolved, metrics, method_saves_adapter=method.supports("peft-adapter"))
     # Complete first, then drop checkpoints: a kill in between leaves spare checkpoints, not a
     # finished run that would be trained again from scratch.
-    _write_state(out, cfg, "complete", finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    if not t.keep_checkpoints:
+    _write_state(out, plan.cfg, "complete", finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if not resolved.train.keep_checkpoints:
         for path in out.glob("checkpoint-*"):
             shutil.rmtree(path, ignore_errors=True)
-    return Run(out, resolved, task, model, tokenizer, metrics)
 
 
-def _is_peft(model: Any) -> bool:
-    return hasattr(model, "peft_config")
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _load_tokenizer(path: str, cfg: RunConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # decoder-only models ship without a pad token
+    return tokenizer
 
 
 # ---- a finished run -----------------------------------------------------------------------------
