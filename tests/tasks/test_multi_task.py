@@ -148,6 +148,54 @@ def test_missing_file_unsupported_method_and_misplaced_data_are_clear(mt_files, 
         MultiTask(RunConfig.from_dict(mt_config("x", mt_files, tmp_path / "r", data={"train": "a.csv"})))
 
 
+def test_sub_task_types_and_methods_are_asked_for_their_capabilities(mt_files, tmp_path):
+    """Which tasks and methods fit a shared encoder is what their classes declare, not a name list."""
+    from lmtune.methods import METHODS
+    from lmtune.methods.full import FullMethod
+    from lmtune.tasks import TASKS
+    from lmtune.tasks.classification import ClassificationTask
+
+    class SharedFull(FullMethod):
+        name = "shared-full"
+
+    class LoneFull(FullMethod):
+        name = "lone-full"
+        capabilities = FullMethod.capabilities - {"multi-task"}
+
+    class LoneClassification(ClassificationTask):
+        name = "lone-classification"
+        capabilities = ClassificationTask.capabilities - {"multi-task-member"}
+
+    for registry, cls in ((METHODS, SharedFull), (METHODS, LoneFull), (TASKS, LoneClassification)):
+        registry.register(cls.name, cls)
+    try:
+        shared = mt_config("x", mt_files, tmp_path / "run", method={"name": "shared-full"})
+        MultiTask(RunConfig.from_dict(shared))._check_method()
+        lone = RunConfig.from_dict(mt_config("x", mt_files, tmp_path / "run", method={"name": "lone-full"}))
+        with pytest.raises(LmtuneError, match=r"method 'lone-full' is not supported.*full, .*shared-full"):
+            MultiTask(lone).prepare_data()
+        raw = {"model": "x", "task": {"type": "multi-task", "tasks": {"t": {"type": "lone-classification"}}}}
+        with pytest.raises(LmtuneError, match="'lone-classification' is not supported inside multi-task"):
+            RunConfig.from_dict(raw)
+    finally:
+        for registry, cls in ((METHODS, SharedFull), (METHODS, LoneFull), (TASKS, LoneClassification)):
+            registry.unregister(cls.name)
+
+
+def test_sub_tasks_take_the_data_keys_their_task_reads(mt_files, tmp_path):
+    raw = mt_config("x", mt_files, tmp_path / "run")
+    raw["task"]["tasks"]["sentiment"]["label_delimiter"] = "|"
+    task = MultiTask(RunConfig.from_dict(raw))
+    assert task.subtasks["sentiment"].cfg.data.label_delimiter == "|"
+    raw["task"]["tasks"]["entities"]["label_delimiter"] = "|"  # classification's key, not NER's
+    with pytest.raises(LmtuneError, match="sub-task 'entities': unknown key 'label_delimiter'"):
+        RunConfig.from_dict(raw)
+    raw = mt_config("x", mt_files, tmp_path / "run")
+    raw["task"]["tasks"]["sentiment"]["streaming"] = True  # streaming is run-wide
+    with pytest.raises(LmtuneError, match="sub-task 'sentiment': unknown key 'streaming'"):
+        RunConfig.from_dict(raw)
+
+
 # ---- model, collation and per-epoch metrics on a tiny BERT --------------------------------------------
 def _prepared(tiny_bert: str, mt_files: dict, tmp_path: Path) -> tuple[MultiTask, dict, object]:
     from transformers import AutoTokenizer

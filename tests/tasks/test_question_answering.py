@@ -187,6 +187,29 @@ def test_unanswerable_questions_dropped_unless_allowed_and_splits_hold_out_conte
     assert sum(data.report["unanswerable"].values()) == 1
 
 
+def test_drop_duplicates_removes_repeated_questions_from_train(tmp_path):
+    """Regression: QA ignored data.drop_duplicates."""
+    squad = squad_set(30, 4)
+    paragraph = squad["data"][0]["paragraphs"][0]
+    paragraph["qas"] += [dict(qa, id=f"again-{qa['id']}") for qa in paragraph["qas"][:2]]
+    path = write_json(tmp_path / "train.json", squad)
+    kept = make_task(data={"train": str(path)}).prepare_data()
+    assert kept.report["dropped_duplicates_train"] == 0 and sum(kept.report["rows"].values()) == 92
+    data = make_task(data={"train": str(path), "drop_duplicates": True}).prepare_data()
+    assert data.report["dropped_duplicates_train"] == 2 and sum(data.report["rows"].values()) == 90
+    rows = [
+        (q, c)
+        for split in data.splits.values()
+        for q, c in zip(split["question"], split["context"], strict=True)
+    ]
+    assert len(rows) == len(set(rows))
+    # The same question with another answer is no duplicate: it is another reference.
+    paragraph["qas"][-1]["answers"] = [{"text": "was", "answer_start": paragraph["context"].index("was")}]
+    path = write_json(tmp_path / "other.json", squad)
+    data = make_task(data={"train": str(path), "drop_duplicates": True}).prepare_data()
+    assert data.report["dropped_duplicates_train"] == 1
+
+
 # ---- windows and post-processing ------------------------------------------------------------------
 class SpotModel(torch.nn.Module):
     """Start/end logits peak on two token ids: lets post-processing be checked without training."""

@@ -109,13 +109,29 @@ def test_prepare_data_carves_splits_and_reports_entities(tmp_path):
     task = make_task(train=str(train))
     data = task.prepare_data()
     assert task.labels == ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
-    assert data.report["rows"] == {"test": 5, "validation": 4, "train": 41}
+    # Both shares are of the whole file, as for every task (it was 5 / 4 / 41: the raw ratio).
+    assert data.report["rows"] == {"test": 5, "validation": 5, "train": 40}
     assert set(data.report["carved_from_train"]) == {"test", "validation"}
     assert set(data.report["class_balance"]["train"]) == {"LOC", "ORG", "PER"}
     assert sum(data.report["class_balance"]["train"].values()) > 40
     assert (task.text_column, task.label_column, task.scheme) == ("tokens", "tags", "bio")
     again = make_task(train=str(train)).prepare_data()  # seeded
     assert again.splits["test"]["tokens"] == data.splits["test"]["tokens"]
+
+
+def test_a_hundred_sentences_split_80_10_10_and_duplicates_go_first(tmp_path):
+    """Regression: NER passed the raw validation ratio to a train already short of its test split."""
+    sentences = synthetic_ner(100, 3)
+    train = write_conll(tmp_path / "train.conll", sentences)
+    data = make_task(train=str(train)).prepare_data()
+    assert data.report["rows"] == {"test": 10, "validation": 10, "train": 80}
+    carved = sorted(tuple(t) for split in data.splits.values() for t in split["tokens"])
+    assert carved == sorted(tuple(s["tokens"]) for s in sentences)  # every sentence in one split
+    repeated = write_conll(tmp_path / "repeated.conll", sentences + sentences[:10])
+    data = make_task(train=str(repeated), drop_duplicates=True).prepare_data()
+    unique = len({tuple(s["tokens"]) for s in sentences})
+    assert data.report["dropped_duplicates_train"] == 110 - unique
+    assert sum(data.report["rows"].values()) == unique
 
 
 def test_bioes_data_is_trained_as_bio(tmp_path):
@@ -320,7 +336,9 @@ def test_every_method_trains_token_classification(tiny_bert, ner_files, tmp_path
         )
     )
     if method in ("prompt-tuning", "prefix-tuning"):  # virtual tokens have no per-token outputs
-        with pytest.raises(LmtuneError, match="does not support task 'token-classification'"):
+        with pytest.raises(
+            LmtuneError, match=r"task 'token-classification' cannot be used for method.*virtual tokens"
+        ):
             lmtune.train(cfg)
         assert not (tmp_path / "run").exists(), "a setup error leaves no run directory behind"
         return

@@ -10,7 +10,7 @@ import difflib
 import math
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lmtune.data.readers import Table
@@ -84,6 +84,18 @@ def text_value(table: Table, index: int, column: str) -> str | None:
         )
     value = value.strip()
     return value or None
+
+
+def text_rows(table: Table, columns: Sequence[str | None]) -> Iterator[tuple[int, list[str | None]]]:
+    """(row index, stripped texts of `columns`) for each row where every named column has text.
+
+    Rows with an empty text are skipped (their count is `len(table)` minus the rows yielded); a
+    None column gives None. Lazy, so errors come in row order with the caller's own checks.
+    """
+    for i in range(len(table)):
+        texts = [text_value(table, i, column) if column else None for column in columns]
+        if all(text is not None for text, column in zip(texts, columns, strict=True) if column):
+            yield i, texts
 
 
 def stratified_split(labels: Sequence[Any], ratio: float, seed: int) -> tuple[list[int], list[int]]:

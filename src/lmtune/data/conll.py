@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lmtune.data import checks
-from lmtune.data.readers import _read_text, read_table
+from lmtune.data.readers import _read_text, existing_file, read_table
 from lmtune.errors import LmtuneError
 
 CONLL_EXTENSIONS = (".conll", ".bio", ".iob", ".bioes", ".bmes", ".conllu")
@@ -205,20 +205,9 @@ def is_conll(path: str | Path, declared: str = "auto") -> bool:
     return False
 
 
-def _existing(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise LmtuneError(
-            f"data file not found: {path}", hint="check the path (relative to the current directory)"
-        )
-    if path.is_dir():
-        raise LmtuneError(f"{path} is a directory, expected a data file")
-    return path
-
-
 def read_conll(path: str | Path, need_tags: bool = True) -> list[Sentence]:
     """Sentences of a CoNLL file. Without `need_tags`, one-column lines (tokens only) are allowed."""
-    path = _existing(path)
+    path = existing_file(path)
     text = _read_text(path)
     if not text.strip():
         raise LmtuneError(f"{path}: the file is empty", hint="one 'token tag' line per token")
@@ -346,6 +335,6 @@ def read_sentences(
     labels: Sequence[str] | None = None,
 ) -> tuple[list[Sentence], str | None, str | None]:
     """CoNLL or a JSON/JSONL table of token lists, whichever the path/format says."""
-    if is_conll(_existing(path), fmt):
+    if is_conll(existing_file(path), fmt):
         return read_conll(path, need_tags), None, None
     return read_records(path, fmt, token_column, tag_column, need_tags, labels)

@@ -65,8 +65,8 @@ def detect_format(path: str | Path, declared: str = "auto") -> str:
     )
 
 
-def read_table(path: str | Path, fmt: str = "auto") -> Table:
-    """Read a data file; every problem is an `LmtuneError` naming the file and line."""
+def existing_file(path: str | Path) -> Path:
+    """The path of a data file that exists (a missing file or a directory is an `LmtuneError`)."""
     path = Path(path)
     if not path.exists():
         raise LmtuneError(
@@ -74,6 +74,12 @@ def read_table(path: str | Path, fmt: str = "auto") -> Table:
         )
     if path.is_dir():
         raise LmtuneError(f"{path} is a directory, expected a data file")
+    return path
+
+
+def read_table(path: str | Path, fmt: str = "auto") -> Table:
+    """Read a data file; every problem is an `LmtuneError` naming the file and line."""
+    path = existing_file(path)
     fmt = detect_format(path, fmt)
     if fmt == "parquet":
         table = _read_parquet(path)
@@ -218,21 +224,24 @@ def _read_json(path: Path, text: str) -> Table:
     return Table(str(path), _columns(rows), rows, list(range(1, len(rows) + 1)), "record")
 
 
+def json_line(path: Path, number: int, line: str) -> Any:
+    """The value on line `number` of a JSON Lines file (whole-file reading and streaming)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise LmtuneError(
+            f"{path}, line {number}: invalid JSON ({exc.msg}, column {exc.colno})",
+            hint="each line must be one complete JSON object",
+        ) from None
+
+
 def _read_jsonl(path: Path, text: str) -> Table:
     rows: list[dict[str, Any]] = []
     numbers: list[int] = []
     for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LmtuneError(
-                f"{path}, line {number}: invalid JSON ({exc.msg}, column {exc.colno})",
-                hint="each line must be one complete JSON object",
-            ) from None
-        rows.append(_check_record(path, obj, number, "line"))
-        numbers.append(number)
+        if line.strip():
+            rows.append(_check_record(path, json_line(path, number, line), number, "line"))
+            numbers.append(number)
     return Table(str(path), _columns(rows), rows, numbers, "line")
 
 

@@ -16,7 +16,6 @@ batches. A JSON list cannot be read incrementally; convert it to JSON Lines.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import torch
 
-from lmtune.data.readers import Table, delimited_records, detect_format
+from lmtune.data.readers import Table, delimited_records, detect_format, json_line
 from lmtune.errors import LmtuneError
 
 STREAMABLE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
@@ -86,13 +85,7 @@ def _jsonl_chunks(path: Path, chunk_rows: int) -> Iterator[Table]:
     for number, line in enumerate(_lines(path), start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LmtuneError(
-                f"{path}, line {number}: invalid JSON ({exc.msg}, column {exc.colno})",
-                hint="each line must be one complete JSON object",
-            ) from None
+        obj = json_line(path, number, line)
         if not isinstance(obj, dict):
             raise LmtuneError(f"{path}, line {number}: expected a JSON object, got {type(obj).__name__}")
         columns.update(dict.fromkeys(obj))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +32,48 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def markdown_table(
+    header: Sequence[str], rows: Iterable[Sequence[Any]], *, left: int = 1, width: int | None = None
+) -> list[str]:
+    """The lines of a markdown table: every table of report.md (and of the tasks' sections).
+
+    The first `left` columns are left-aligned (names, texts), the others right-aligned (numbers).
+    Cells are written as text with '|' escaped and line breaks flattened, so a cell never breaks
+    the table; `width` cuts long cells (sample texts) to that many characters.
+    """
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * left + "---:|" * (len(header) - left)]
+    lines += ["| " + " | ".join(_cell(value, width) for value in row) + " |" for row in rows]
+    return lines
+
+
+def _cell(value: Any, width: int | None) -> str:
+    text = str(value).replace("|", "\\|").replace("\n", " ")
+    return text[:width] if width is not None else text
+
+
+def section(title: str, body: list[str]) -> list[str]:
+    """A `###` section of report.md: the title, its lines (a table), and a blank line."""
+    return [f"### {title}\n", *body, ""]
+
+
+def per_label_table(column: str, scores: dict[str, dict[str, Any]]) -> list[str]:
+    """Precision, recall, F1 and support per class or entity type (`column` names what a row is)."""
+    rows = (
+        [name, *(f"{row[k]:.3f}" for k in ("precision", "recall", "f1")), row["support"]]
+        for name, row in scores.items()
+    )
+    return markdown_table([column, "precision", "recall", "F1", "support"], rows)
+
+
 def metrics_table(metrics: dict[str, Any]) -> list[str]:
     splits = [s for s in ("validation", "test") if isinstance(metrics.get(s), dict)]
     if not splits:
         return []
     keys = [k for k in HEADLINE if any(k in metrics[s] for s in splits)]
     keys += sorted({k for s in splits for k, v in metrics[s].items() if isinstance(v, float)} - set(keys))
-    lines = ["| metric | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
-    for key in keys:
-        lines.append(f"| {key} | " + " | ".join(_fmt(metrics[s].get(key, "")) for s in splits) + " |")
-    return lines
+    return markdown_table(
+        ["metric", *splits], ([key, *(_fmt(metrics[s].get(key, "")) for s in splits)] for key in keys)
+    )
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -116,9 +149,8 @@ def _data_lines(report: dict[str, Any]) -> list[str]:
     balance = report.get("class_balance")
     if balance:
         labels = list(next(iter(balance.values())).keys())
-        lines += ["", "| label | " + " | ".join(balance) + " |", "|---|" + "---:|" * len(balance)]
-        for label in labels:
-            lines.append(f"| {label} | " + " | ".join(str(balance[s].get(label, 0)) for s in balance) + " |")
+        rows = ([label, *(balance[s].get(label, 0) for s in balance)] for label in labels)
+        lines += ["", *markdown_table(["label", *balance], rows)]
     return lines
 
 

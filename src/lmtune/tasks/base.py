@@ -1,14 +1,17 @@
-"""The task interface, and the inference loop every task shares.
+"""The task interface: the data preparation and the inference loop every task shares.
 
 A task knows its data (columns, labels, checks), its model head, how to tokenize and
 collate, its metrics, how to turn model outputs into predictions, and what its report
-shows. The run orchestration in `lmtune.run` is the same for every task.
+shows. The run orchestration in `lmtune.run` is the same for every task, and so is
+`Task.prepare_data`: a task fills in its hooks (how to read a file, what to stratify by,
+what a duplicate is, what the report adds) and the split arithmetic is `lmtune.data.splits`.
+Evaluation and prediction loops draw their batches from `inference_batches`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -16,6 +19,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from lmtune.capabilities import TASK_CAPABILITIES, Capable
+from lmtune.data.splits import Carving, SplitRecords, SplitSettings, split_records
 from lmtune.errors import LmtuneError
 
 if TYPE_CHECKING:
@@ -23,6 +28,10 @@ if TYPE_CHECKING:
     from torch import nn
 
     from lmtune.config import RunConfig
+
+
+# The inputs of `Task.predict` and its predictions: one dict per example.
+Rows = list[dict[str, Any]]
 
 
 class NoTaskOptions(BaseModel):
@@ -50,10 +59,16 @@ class EvalResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-class Task:
+class Task(Capable):
+    """A task. Declares `capabilities` (see `lmtune.capabilities`) beside the hooks below."""
+
+    kind: ClassVar[str] = "task"
+    vocabulary: ClassVar[dict[str, str]] = TASK_CAPABILITIES
     name: ClassVar[str]
     description: ClassVar[str]
     Options: ClassVar[type[BaseModel]] = NoTaskOptions
+    # Data keys this task reads beyond the common ones of `DataConfig` (written under `data:`).
+    DataOptions: ClassVar[type[BaseModel]] = NoTaskOptions
     PredictOptions: ClassVar[type[BaseModel]] = NoTaskOptions
     peft_task_type: ClassVar[str | None] = None
     # Parameter-name parts that make up the task head (kept trainable by freeze/bitfit/...).
@@ -62,10 +77,6 @@ class Task:
     peft_head_names: ClassVar[tuple[str, ...]] = ()
     default_metric: ClassVar[str] = "loss"
     greater_is_better: ClassVar[bool] = True
-    # Whether prepare_data can stream the train file (data.streaming).
-    supports_streaming: ClassVar[bool] = False
-    # Whether `precision: auto` means bf16 on a CPU with native bf16 (see resolve_precision).
-    bf16_on_cpu: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
@@ -74,11 +85,71 @@ class Task:
 
     # data ---------------------------------------------------------------------------------
     def prepare_data(self) -> PreparedData:
+        """Read and check the train file, then split it (`lmtune.data.splits`); the same for
+        every task, which fills in the hooks below (read, carving, keys, report, to dataset)."""
+        d = self.cfg.data
+        if not d.train:
+            raise LmtuneError(
+                "no training data given", hint="set data.train in the config or pass --train FILE"
+            )
+        streamed = self.prepare_stream()
+        if streamed is not None:
+            return streamed
+        train, info = self.read_records(d.train, "train")
+        prepared = split_records(
+            train,
+            self.read_records,
+            SplitSettings.from_config(self.cfg),
+            self.carving(),
+            self.dedup_key,
+            source=d.train,
+            train_info=info,
+        )
+        prepared.records["train"], added = self.extend_train(prepared.records["train"])
+        report = {**self.data_report(prepared), **added}
+        datasets = {name: self.to_dataset(records) for name, records in prepared.records.items()}
+        return PreparedData(splits=datasets, labels=self.labels, report=report)
+
+    def read_records(self, path: str, split: str | None) -> tuple[list[Any], dict[str, Any]]:
+        """The checked records of one file, and what reading found (counts for the data report).
+
+        `split` is "train" (whose records decide labels, columns and the like), "validation" or
+        "test" (checked against what train decided), or None for a labelled file `lmtune eval` reads.
+        """
         raise NotImplementedError
+
+    def to_dataset(self, records: list[Any]) -> Dataset:
+        """The untokenized dataset of checked records (what `tokenize` takes)."""
+        raise NotImplementedError
+
+    def carving(self) -> Carving:
+        """How validation and test are carved out of train when they have no file of their own."""
+        return Carving()
+
+    def overlap_key(self, record: Any) -> str:
+        """A record's text, for the report's duplicates and train/held-out overlaps."""
+        raise NotImplementedError
+
+    def dedup_key(self, record: Any) -> Hashable:
+        """What makes two training records duplicates (data.drop_duplicates)."""
+        return self.overlap_key(record)
+
+    def extend_train(self, train: list[Any]) -> tuple[list[Any], dict[str, Any]]:
+        """Records added to train once every split is carved (augmentation), and report entries."""
+        return train, {}
+
+    def data_report(self, prepared: SplitRecords) -> dict[str, Any]:
+        """What report.md's data section and metrics.json show about the splits."""
+        return prepared.summary(self.overlap_key)
+
+    def prepare_stream(self) -> PreparedData | None:
+        """Data whose train split streams from its file (`PreparedData.train_stream`); None: in memory."""
+        return None
 
     def read_labelled(self, path: str) -> Dataset:
         """A labelled file for `lmtune eval`, checked against the run's labels."""
-        raise NotImplementedError
+        records, _ = self.read_records(path, None)
+        return self.to_dataset(records)
 
     def read_inputs(self, path: str) -> list[dict[str, Any]]:
         """Inputs for `lmtune predict` (labels not required)."""
@@ -92,6 +163,23 @@ class Task:
     def resolved_options(self) -> dict[str, Any]:
         """Task options the data decided (e.g. multi-label, tag scheme), written into config.yaml."""
         return {}
+
+    # Config data key -> attribute holding the column the data decided (found by common names).
+    resolved_columns: ClassVar[dict[str, str]] = {}
+
+    def resolved_data(self) -> dict[str, Any]:
+        """Data keys the data decided (labels, columns), written into config.yaml's `data:`."""
+        return {
+            "labels": self.labels,
+            **{key: getattr(self, attr) for key, attr in self.resolved_columns.items()},
+        }
+
+    def bind(self, cfg: RunConfig) -> None:
+        """Adopt the resolved config after `prepare_data` (which already set what the data decided),
+        so this task object behaves as the one `Run.load` builds from config.yaml."""
+        self.cfg = cfg
+        self.options = cfg.task.options
+        self.labels = cfg.data.labels
 
     # model --------------------------------------------------------------------------------
     def build_model(self, path: str, *, fresh_head: bool) -> nn.Module:
@@ -115,10 +203,10 @@ class Task:
         self,
         model: nn.Module,
         tokenizer: Any,
-        inputs: list[dict[str, Any]],
+        inputs: Rows,
         batch_size: int,
         options: BaseModel | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> Rows:
         """Task-shaped predictions; `options` is a validated `PredictOptions` (e.g. generation)."""
         raise NotImplementedError
 
@@ -164,13 +252,49 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
 
 
 def length_sorted_batches(
-    features: Sequence[dict[str, Any]], collator: Any, batch_size: int, key: str = "input_ids"
+    features: Sequence[dict[str, Any]],
+    collator: Any,
+    batch_size: int | Callable[[int], int],
+    key: str = "input_ids",
 ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
-    """Batches of similar length (little padding); yields original indices with each batch."""
+    """Batches of similar length (little padding), longest first; yields original indices with each.
+
+    `batch_size` may be a function of the batch's longest length (rows that fit a memory budget).
+    """
     order = sorted(range(len(features)), key=lambda i: len(features[i][key]), reverse=True)
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
+    start = 0
+    while start < len(order):
+        rows = batch_size(len(features[order[start]][key])) if callable(batch_size) else batch_size
+        index = order[start : start + rows]
+        start += rows
         yield index, collator([features[i] for i in index])
+
+
+def inference_batches(
+    task: Task,
+    model: nn.Module,
+    features: Sequence[dict[str, Any]],
+    collator: Any,
+    batch_size: int | Callable[[int], int],
+    drop: tuple[str, ...] = ("labels",),
+) -> Iterator[tuple[list[int], dict[str, Any]]]:
+    """The inference loop of every task: length-sorted batches on the model's device.
+
+    While the caller works on a batch, the model is in eval mode under `torch.inference_mode`
+    and the autocast of the task's `train.precision` (resolved for the device). Keys in `drop`
+    (gold labels, by default) are left out of the batches.
+    """
+    device = model_device(model)
+    precision = resolve_precision(task.cfg.train.precision, device, task.supports("bf16-on-cpu"))
+    model.eval()
+    with torch.inference_mode(), autocast_for(device, precision):
+        for index, batch in length_sorted_batches(features, collator, batch_size):
+            yield index, {k: _to(v, device) for k, v in batch.items() if k not in drop and v is not None}
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    # Collators may add flags beside the tensors (e.g. use_cache=False for packed rows).
+    return value.to(device) if isinstance(value, torch.Tensor) else value
 
 
 def cpu_has_native_bf16() -> bool:

@@ -45,15 +45,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmtune.data import checks
 from lmtune.data.readers import Table, read_table
+from lmtune.data.splits import SplitRecords
 from lmtune.errors import LmtuneError
-from lmtune.tasks.base import (
-    EvalResult,
-    PreparedData,
-    Task,
-    autocast_for,
-    model_device,
-    resolve_precision,
-)
+from lmtune.tasks.base import EvalResult, PreparedData, Rows, Task, inference_batches
 from lmtune.tasks.classification import apply_dropout
 
 logger = logging.getLogger(__name__)
@@ -403,6 +397,19 @@ class CausalLmCollator:
         return out
 
 
+class _LeftPadCollator:
+    """Prompts padded on the left, so that every prompt ends where generation starts."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        ids = [[self.pad_token_id] * (width - len(f["input_ids"])) + f["input_ids"] for f in features]
+        mask = [[0] * (width - len(f["input_ids"])) + [1] * len(f["input_ids"]) for f in features]
+        return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
+
+
 # ---- the task -----------------------------------------------------------------------------------
 class CausalLmTask(Task):
     name: ClassVar[str] = "causal-lm"
@@ -419,7 +426,9 @@ class CausalLmTask(Task):
     peft_head_names: ClassVar[tuple[str, ...]] = ()
     default_metric: ClassVar[str] = "eval_loss"
     # SmolLM2-135M LoRA SFT: 1.5x the tokens/s in bf16 autocast on an AMX CPU, same eval loss.
-    bf16_on_cpu: ClassVar[bool] = True
+    capabilities: ClassVar[frozenset[str]] = frozenset(
+        {"accepts-virtual-tokens", "loss-counts-items", "labelled-logits", "bf16-on-cpu"}
+    )
     greater_is_better: ClassVar[bool] = False
 
     def __init__(self, cfg: Any) -> None:
@@ -438,65 +447,46 @@ class CausalLmTask(Task):
         return [parse_record(table, i, fmt, need_answer=need_answer) for i in range(len(table))], fmt
 
     def prepare_data(self) -> PreparedData:
-        d = self.cfg.data
-        seed = self.cfg.train.seed
-        if not d.train:
-            raise LmtuneError(
-                "no training data given", hint="set data.train in the config or pass --train FILE"
-            )
-        train, train_format = self._read(d.train)
-        formats = {"train": train_format}
-        info = {"dropped_duplicates": 0}
-        if d.drop_duplicates:
-            unique: dict[str, dict[str, Any]] = {}
-            for r in train:
-                unique.setdefault(_key(r), r)
-            info["dropped_duplicates"] = len(train) - len(unique)
-            train = list(unique.values())
-        splits: dict[str, list[dict[str, Any]]] = {}
-        carved: list[str] = []
-        total = len(train)
-        for split, path, ratio in (
-            ("test", d.test, d.test_split),
-            ("validation", d.validation, d.validation_split),
-        ):
-            if path:
-                splits[split], formats[split] = self._read(path)
-            else:
-                # Seeded random split; both shares are of the original file (100 -> 80/10/10).
-                keep, held = checks.stratified_split(
-                    ["-"] * len(train), ratio * total / len(train), seed + (0 if split == "test" else 1)
-                )
-                splits[split] = [train[i] for i in held]
-                train = [train[i] for i in keep]
-                carved.append(split)
-        if d.max_train_samples is not None and d.max_train_samples < len(train):
-            train = checks.sample(train, d.max_train_samples, seed)
-        splits["train"] = train
+        prepared = super().prepare_data()
         self._resolve_packing()
-        keys = {name: [_key(r) for r in records] for name, records in splits.items()}
-        report = {
-            "format": formats,
-            "rows": {name: len(records) for name, records in splits.items()},
-            "carved_from_train": carved,
-            "dropped_duplicates_train": info["dropped_duplicates"],
-            "duplicates_in_train": checks.count_duplicates(keys["train"]),
-            "overlap_train_test": checks.count_overlap(keys["train"], keys["test"]),
-            "overlap_train_validation": checks.count_overlap(keys["train"], keys["validation"]),
-            "packing": self.packing,
-        }
-        datasets = {name: _to_dataset(records) for name, records in splits.items()}
-        return PreparedData(splits=datasets, labels=None, report=report)
+        prepared.report["packing"] = self.packing
+        return prepared
+
+    # ---- the hooks of Task.prepare_data -------------------------------------------------------------
+    def read_records(self, path: str, split: str | None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        records, fmt = self._read(path)
+        return records, {"format": fmt}
+
+    def overlap_key(self, record: dict[str, Any]) -> str:
+        if record["text"] is not None:
+            return record["text"]
+        return json.dumps(record["messages"], ensure_ascii=False, sort_keys=True)
+
+    def data_report(self, prepared: SplitRecords) -> dict[str, Any]:
+        formats = {split: info["format"] for split, info in prepared.infos.items()}
+        return {"format": formats, **prepared.summary(self.overlap_key)}
+
+    def to_dataset(self, records: list[dict[str, Any]]) -> Any:
+        from datasets import Dataset, Features, Value
+
+        features = Features(
+            {
+                "messages": [{"role": Value("string"), "content": Value("string")}],
+                "text": Value("string"),
+                "where": Value("string"),
+            }
+        )
+        columns = {key: [r[key] for r in records] for key in ("messages", "text", "where")}
+        return Dataset.from_dict(columns, features=features)
 
     def _resolve_packing(self) -> None:
+        from lmtune.methods import get_method_class
         from lmtune.models import resolve_model
 
         m = self.cfg.model
         path = resolve_model(m.name, m.revision, m.trust_remote_code).path
         supported = packing_supported(path, m.trust_remote_code)
-        from lmtune.methods.prompt_tuning import PROMPT_LEARNING_METHODS
-
-        if self.cfg.method.name in PROMPT_LEARNING_METHODS:
+        if get_method_class(self.cfg.method.name).supports("virtual-tokens"):
             # peft's prompt learning drops position_ids, which keep packed examples apart.
             if self.options.packing is True:
                 raise LmtuneError(
@@ -512,10 +502,6 @@ class CausalLmTask(Task):
                 hint="set task.packing to false (or auto)",
             )
         self.packing = supported if self.options.packing == "auto" else bool(self.options.packing)
-
-    def read_labelled(self, path: str) -> Any:
-        records, _ = self._read(path)
-        return _to_dataset(records)
 
     def read_inputs(self, path: str) -> list[dict[str, Any]]:
         """Prompts: a .txt file (one per line) or alpaca/messages/sharegpt/text records."""
@@ -641,33 +627,25 @@ class CausalLmTask(Task):
     def loss(self, model: Any, tokenizer: Any, dataset: Any, batch_size: int) -> dict[str, float]:
         """Token-weighted mean cross-entropy over target tokens, and its perplexity."""
         features = self.encode(dataset, tokenizer)
-        collate = self.collator(tokenizer)
-        device = model_device(model)
-        precision = resolve_precision(self.cfg.train.precision, device, self.bf16_on_cpu)
         vocab = model.get_output_embeddings().weight.shape[0]
-        order = sorted(range(len(features)), key=lambda i: features[i]["length"], reverse=True)
+
+        def rows(width: int) -> int:
+            return max(1, min(batch_size, LOGITS_BUDGET_BYTES // (width * vocab * 4)))
+
         total, count = 0.0, 0
-        model.eval()
-        with torch.inference_mode(), autocast_for(device, precision):
-            start = 0
-            while start < len(order):
-                width = features[order[start]]["length"]
-                rows = max(1, min(batch_size, LOGITS_BUDGET_BYTES // (width * vocab * 4)))
-                batch = collate([features[i] for i in order[start : start + rows]])
-                start += rows
-                batch = {k: v.to(device) for k, v in batch.items()}
-                labels = batch.pop("labels")
-                # Prompt tuning prepends virtual positions: the input's logits are the last ones.
-                seq_len = batch["input_ids"].shape[1]
-                logits = model(**batch, use_cache=False).logits[:, -seq_len:-1].float()
-                targets = labels[:, 1:]
-                total += torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]),
-                    targets.reshape(-1),
-                    ignore_index=IGNORE,
-                    reduction="sum",
-                ).item()
-                count += int((targets != IGNORE).sum())
+        for _, batch in inference_batches(self, model, features, self.collator(tokenizer), rows, drop=()):
+            labels = batch.pop("labels")
+            # Prompt tuning prepends virtual positions: the input's logits are the last ones.
+            seq_len = batch["input_ids"].shape[1]
+            logits = model(**batch, use_cache=False).logits[:, -seq_len:-1].float()
+            targets = labels[:, 1:]
+            total += torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                targets.reshape(-1),
+                ignore_index=IGNORE,
+                reduction="sum",
+            ).item()
+            count += int((targets != IGNORE).sum())
         mean = total / max(count, 1)
         return {
             "eval_loss": round(mean, 6),
@@ -714,53 +692,39 @@ class CausalLmTask(Task):
             messages.insert(0, {"role": "system", "content": opts.system})
         return messages, messages[-1]["content"]
 
-    def predict(
-        self,
-        model: Any,
-        tokenizer: Any,
-        inputs: list[dict[str, Any]],
-        batch_size: int,
-        options: BaseModel | None = None,
-    ) -> list[dict[str, Any]]:
+    def predict(self, model: Any, tokenizer: Any, inputs: Rows, batch_size: int, options: Any = None) -> Rows:
         opts: GenerationOptions = options if isinstance(options, GenerationOptions) else GenerationOptions()
         ensure_chat_template(tokenizer)
-        encoded: list[tuple[list[int], str]] = []
+        prompts: list[dict[str, list[int]]] = []
+        shown: list[str] = []
         for item in inputs:
-            source, shown = self._prompt(item, opts)
+            source, prompt = self._prompt(item, opts)
             if isinstance(source, str):
                 ids = list(tokenizer(source, add_special_tokens=True)["input_ids"])
             else:
                 ids = _ids(tokenizer, _render(tokenizer, source, True))
-            encoded.append((ids, shown))
-        device = model_device(model)
-        precision = resolve_precision(self.cfg.train.precision, device, self.bf16_on_cpu)
+            prompts.append({"input_ids": ids})
+            shown.append(prompt)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         eos_ids = _eos_ids(model, tokenizer)
-        generations: list[str] = [""] * len(encoded)
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]), reverse=True)
-        model.eval()
-        with torch.inference_mode(), autocast_for(device, precision):
-            for start in range(0, len(order), batch_size):
-                index = order[start : start + batch_size]
-                width = max(len(encoded[i][0]) for i in index)
-                # Left padding: every prompt ends where generation starts.
-                ids = [[pad_id] * (width - len(encoded[i][0])) + encoded[i][0] for i in index]
-                mask = [[0] * (width - len(encoded[i][0])) + [1] * len(encoded[i][0]) for i in index]
-                sampling = {} if opts.greedy else {"temperature": opts.temperature, "top_p": opts.top_p}
-                out = model.generate(
-                    input_ids=torch.tensor(ids, device=device),
-                    attention_mask=torch.tensor(mask, device=device),
-                    max_new_tokens=opts.max_new_tokens,
-                    do_sample=not opts.greedy,
-                    eos_token_id=eos_ids,
-                    pad_token_id=pad_id,
-                    **sampling,
-                )
-                for row, i in zip(out[:, width:].tolist(), index, strict=True):
-                    generations[i] = tokenizer.decode(
-                        _until_eos(row, eos_ids), skip_special_tokens=True
-                    ).strip()
-        return [{"prompt": shown, "generation": generations[i]} for i, (_, shown) in enumerate(encoded)]
+        sampling = {} if opts.greedy else {"temperature": opts.temperature, "top_p": opts.top_p}
+        generations: list[str] = [""] * len(prompts)
+        for index, batch in inference_batches(self, model, prompts, _LeftPadCollator(pad_id), batch_size):
+            out = model.generate(
+                **batch,
+                max_new_tokens=opts.max_new_tokens,
+                do_sample=not opts.greedy,
+                eos_token_id=eos_ids,
+                pad_token_id=pad_id,
+                **sampling,
+            )
+            width = batch["input_ids"].shape[1]
+            for row, i in zip(out[:, width:].tolist(), index, strict=True):
+                generations[i] = tokenizer.decode(_until_eos(row, eos_ids), skip_special_tokens=True).strip()
+        return [
+            {"prompt": prompt, "generation": generation}
+            for prompt, generation in zip(shown, generations, strict=True)
+        ]
 
     # ---- report -------------------------------------------------------------------------------
     def report_sections(self, results: dict[str, EvalResult], run_dir: Path) -> list[str]:
@@ -801,23 +765,3 @@ def _until_eos(ids: list[int], eos_ids: list[int]) -> list[int]:
 def _quote(text: str, limit: int = 400) -> str:
     text = re.sub(r"\s+", " ", text).strip()
     return (text[:limit] + " ...") if len(text) > limit else text
-
-
-def _key(record: dict[str, Any]) -> str:
-    if record["text"] is not None:
-        return record["text"]
-    return json.dumps(record["messages"], ensure_ascii=False, sort_keys=True)
-
-
-def _to_dataset(records: list[dict[str, Any]]) -> Any:
-    from datasets import Dataset, Features, Value
-
-    features = Features(
-        {
-            "messages": [{"role": Value("string"), "content": Value("string")}],
-            "text": Value("string"),
-            "where": Value("string"),
-        }
-    )
-    columns = {key: [r[key] for r in records] for key in ("messages", "text", "where")}
-    return Dataset.from_dict(columns, features=features)

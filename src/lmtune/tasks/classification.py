@@ -12,18 +12,30 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from lmtune.config import AugmentConfig
 from lmtune.data import checks
 from lmtune.data.augment import augment_train
 from lmtune.data.readers import Table, read_table
+from lmtune.data.splits import Carving, SplitRecords
 from lmtune.errors import LmtuneError
-from lmtune.tasks.base import (
-    EvalResult,
-    PreparedData,
-    Task,
-    autocast_for,
-    length_sorted_batches,
-    model_device,
-)
+from lmtune.tasks.base import EvalResult, PreparedData, Rows, Task, inference_batches
+
+
+class ClassificationDataOptions(BaseModel):
+    """The data keys only classification reads (written under `data:` like the common ones)."""
+
+    model_config = ConfigDict(extra="forbid")
+    label_delimiter: str | None = Field(
+        default=None, description="Split label strings on this for multi-label data, e.g. '|'."
+    )
+    streaming: bool = Field(
+        default=False,
+        description="Read the train file in chunks instead of into memory (data larger than RAM; "
+        "needs a validation file).",
+    )
+    augment: AugmentConfig | None = Field(
+        default=None, description="Add augmented copies of training rows (train split only)."
+    )
 
 
 class ClassificationOptions(BaseModel):
@@ -32,6 +44,10 @@ class ClassificationOptions(BaseModel):
         default=None, description="Several labels per text; default: detected from the labels."
     )
     threshold: float = Field(default=0.5, gt=0, lt=1, description="Multi-label decision threshold.")
+
+
+def _as_list(label: str | list[str]) -> list[str]:
+    return label if isinstance(label, list) else [label]
 
 
 def _natural_sorted(labels: set[str]) -> list[str]:
@@ -45,11 +61,25 @@ class ClassificationTask(Task):
     name: ClassVar[str] = "classification"
     description: ClassVar[str] = "Label a text (or text pair): sentiment, topic, intent; multi-label too."
     Options = ClassificationOptions
+    DataOptions = ClassificationDataOptions
+    resolved_columns: ClassVar[dict[str, str]] = {
+        "text_column": "text_column",
+        "text_pair_column": "pair_column",
+        "label_column": "label_column",
+    }
     peft_task_type: ClassVar[str] = "SEQ_CLS"
     head_names: ClassVar[tuple[str, ...]] = ("classifier", "score", "pooler", "pre_classifier")
     peft_head_names: ClassVar[tuple[str, ...]] = ("classifier", "score")
     default_metric: ClassVar[str] = "f1_macro"
-    supports_streaming: ClassVar[bool] = True
+    capabilities: ClassVar[frozenset[str]] = frozenset(
+        {
+            "streaming",
+            "multi-task-member",
+            "accepts-virtual-tokens",
+            "class-probabilities",
+            "logit-distillation",
+        }
+    )
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
@@ -106,13 +136,7 @@ class ClassificationTask(Task):
         if need_label:
             self.label_column = label_col
         records: list[dict[str, Any]] = []
-        dropped = 0
-        for i in range(len(table)):
-            text = checks.text_value(table, i, text_col)
-            pair = checks.text_value(table, i, pair_col) if pair_col else None
-            if text is None or (pair_col and pair is None):
-                dropped += 1
-                continue
+        for i, (text, pair) in checks.text_rows(table, (text_col, pair_col)):
             record: dict[str, Any] = {"text": text, "_where": table.where(i)}
             if pair_col:
                 record["text_pair"] = pair
@@ -121,94 +145,109 @@ class ClassificationTask(Task):
             records.append(record)
         if not records:
             raise LmtuneError(f"{table.path}: every row has an empty text", hint=f"check column '{text_col}'")
-        return records, {"rows": len(table), "dropped_empty": dropped}
+        return records, {"rows": len(table), "dropped_empty": len(table) - len(records)}
 
-    def _check_known(self, records: list[dict[str, Any]], path: str, column: str | None) -> None:
+    def _check_known(self, records: list[dict[str, Any]]) -> None:
         known = set(self.labels or [])
         for record in records:
-            values = record["label"] if isinstance(record["label"], list) else [record["label"]]
-            for value in values:
+            for value in _as_list(record["label"]):
                 if value not in known:
                     raise LmtuneError(
-                        f"{record['_where']}, column '{column}': "
+                        f"{record['_where']}, column '{self.label_column}': "
                         f"label '{value}' does not occur in the training data",
                         hint=f"known labels: {', '.join(self.labels or [])}; "
                         "fix the label or add training examples",
                     )
 
-    def prepare_data(self) -> PreparedData:
+    def _checked(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Records of a file other than train: labels in train's form, and known to train."""
+        if self.multi_label:
+            for r in records:
+                r["label"] = _as_list(r["label"])
+        self._check_known(records)
+        return records
+
+    def _learn_labels(self, train: list[dict[str, Any]]) -> None:
+        """Multi-label or not, and the label list, as the training records say."""
         d = self.cfg.data
-        seed = self.cfg.train.seed
-        if not d.train:
-            raise LmtuneError(
-                "no training data given", hint="set data.train in the config or pass --train FILE"
-            )
-        if d.streaming:
-            return self._prepare_streaming()
-        train_table = read_table(d.train, d.format)
-        train, train_info = self._extract(train_table, need_label=True)
         if self.options.multi_label is None:
             self.multi_label = any(isinstance(r["label"], list) for r in train)
         if self.multi_label:
             for r in train:
-                if not isinstance(r["label"], list):
-                    r["label"] = [r["label"]]
-        seen: set[str] = set()
-        for r in train:
-            seen.update(r["label"] if self.multi_label else [r["label"]])
+                r["label"] = _as_list(r["label"])
         if d.labels:
             self.labels = list(d.labels)
-            self._check_known(train, d.train, self.label_column)
+            self._check_known(train)
         else:
-            self.labels = _natural_sorted(seen)
-        if len(self.labels) < 2:
+            self.labels = _natural_sorted({value for r in train for value in _as_list(r["label"])})
+        self._check_classes()
+
+    def _check_classes(self) -> None:
+        labels = self.labels or []
+        if len(labels) < 2:
             raise LmtuneError(
-                f"{d.train}: only one class ('{self.labels[0]}') in column '{self.label_column}'",
+                f"{self.cfg.data.train}: only one class ('{labels[0]}') in column '{self.label_column}'",
                 hint="classification needs at least two classes",
             )
-        if d.drop_duplicates:
-            unique: dict[tuple, dict[str, Any]] = {}
-            for r in train:
-                unique.setdefault((r["text"], r.get("text_pair")), r)
-            train_info["dropped_duplicates"] = len(train) - len(unique)
-            train = list(unique.values())
 
-        splits: dict[str, list[dict[str, Any]]] = {}
-        carved: list[str] = []
-        total = len(train)
-        for split, path, ratio in (
-            ("test", d.test, d.test_split),
-            ("validation", d.validation, d.validation_split),
-        ):
-            if path:
-                table = read_table(path, d.format)
-                records, _ = self._extract(table, need_label=True)
-                records = [self._as_label_type(r) for r in records]
-                self._check_known(records, path, self.label_column)
-                splits[split] = records
-            else:
-                strata = [json.dumps(r["label"]) for r in train]
-                # Both shares are of the original train file: 100 rows -> 80 / 10 / 10.
-                share = ratio * total / len(train)
-                keep, held = checks.stratified_split(strata, share, seed + (0 if split == "test" else 1))
-                splits[split] = [train[i] for i in held]
-                train = [train[i] for i in keep]
-                carved.append(split)
-        if d.max_train_samples is not None and d.max_train_samples < len(train):
-            train = checks.sample(train, d.max_train_samples, seed)
+    # ---- the hooks of Task.prepare_data ---------------------------------------------------------
+    def read_records(self, path: str, split: str | None) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        records, info = self._extract(read_table(path, self.cfg.data.format), need_label=True)
+        if split == "train":
+            self._learn_labels(records)
+            return records, info
+        return self._checked(records), info
+
+    def carving(self) -> Carving:
+        return Carving(strata=lambda r: json.dumps(r["label"]))
+
+    def dedup_key(self, record: dict[str, Any]) -> tuple[str, str | None]:
+        return record["text"], record.get("text_pair")
+
+    def overlap_key(self, record: dict[str, Any]) -> str:
+        return record["text"] + ("\t" + record["text_pair"] if record.get("text_pair") else "")
+
+    def extend_train(self, train: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         # Augmented copies are added to train only, after every split is carved (data/augment.py).
-        train, augmented = augment_train(train, d.augment, seed)
-        splits["train"] = train
-        report = self._data_report(splits, train_info, carved)
-        if augmented:
-            report["augmented_train"] = augmented
-        datasets = {name: self._to_dataset(records) for name, records in splits.items()}
-        return PreparedData(splits=datasets, labels=self.labels, report=report)
+        train, augmented = augment_train(train, self.cfg.data.augment, self.cfg.train.seed)
+        return train, ({"augmented_train": augmented} if augmented else {})
+
+    def data_report(self, prepared: SplitRecords) -> dict[str, Any]:
+        return {
+            **self._report_head(),
+            **prepared.summary(
+                self.overlap_key, dropped_empty_train=prepared.infos["train"]["dropped_empty"]
+            ),
+            "class_balance": {name: self._balance(records) for name, records in prepared.records.items()},
+        }
+
+    def _report_head(self) -> dict[str, Any]:
+        return {
+            "columns": {"text": self.text_column, "text_pair": self.pair_column, "label": self.label_column},
+            "labels": self.labels,
+            "multi_label": self.multi_label,
+        }
+
+    def _balance(self, records: list[dict[str, Any]]) -> dict[str, int]:
+        counts = Counter(value for r in records for value in _as_list(r["label"]))
+        return {label: counts.get(label, 0) for label in self.labels or []}
+
+    def to_dataset(self, records: list[dict[str, Any]]) -> Any:
+        from datasets import Dataset
+
+        columns: dict[str, list[Any]] = {"text": [r["text"] for r in records]}
+        if self.pair_column:
+            columns["text_pair"] = [r.get("text_pair", "") for r in records]
+        if records and "label" in records[0]:
+            columns["label_ids"] = [self.encode_label(r["label"]) for r in records]
+        return Dataset.from_dict(columns)
+
+    # ---- data.streaming -------------------------------------------------------------------------
+    def prepare_stream(self) -> PreparedData | None:
+        return self._prepare_streaming() if self.cfg.data.streaming else None
 
     def _prepare_streaming(self) -> PreparedData:
         """Scan the train file chunk by chunk (labels, balance, size); evaluation files are read whole."""
-        from lmtune.data.streaming import iter_tables, tokenized_chunks
-
         d = self.cfg.data
         if not d.validation:
             raise LmtuneError(
@@ -220,6 +259,34 @@ class ClassificationTask(Task):
                 raise LmtuneError(
                     f"{name} needs the whole train set in memory and cannot be combined with data.streaming"
                 )
+        rows, dropped, counts = self._scan_stream()
+        self._check_classes()
+        files = (("validation", d.validation), ("test", d.test))
+        splits = {split: self.read_records(path, split)[0] for split, path in files if path}
+        report: dict[str, Any] = {
+            "streaming": True,
+            **self._report_head(),
+            "rows": {"train": rows, **{name: len(records) for name, records in splits.items()}},
+            "carved_from_train": [],
+            "dropped_empty_train": dropped,
+            "class_balance": {
+                "train": {label: counts.get(label, 0) for label in self.labels or []},
+                **{name: self._balance(records) for name, records in splits.items()},
+            },
+        }
+        return PreparedData(
+            splits={name: self.to_dataset(records) for name, records in splits.items()},
+            labels=self.labels,
+            report=report,
+            train_stream=self._train_stream,
+            train_rows=rows,
+        )
+
+    def _scan_stream(self) -> tuple[int, int, Counter[str]]:
+        """One pass over the train file: its rows (up to max_train_samples), rows without text, labels."""
+        from lmtune.data.streaming import iter_tables
+
+        d = self.cfg.data
         rows, dropped, limit = 0, 0, d.max_train_samples
         counts: Counter[str] = Counter()
         multi_label = bool(self.options.multi_label)
@@ -232,112 +299,28 @@ class ClassificationTask(Task):
             multi_label = multi_label or (
                 self.options.multi_label is None and any(isinstance(r["label"], list) for r in records)
             )
-            for r in records:
-                counts.update(r["label"] if isinstance(r["label"], list) else [r["label"]])
+            counts.update(value for r in records for value in _as_list(r["label"]))
             if d.labels:
-                self._check_known(records, d.train, self.label_column)
+                self._check_known(records)
             rows += len(records)
             if limit is not None and rows >= limit:
                 break
         self.multi_label = multi_label
         self.labels = list(d.labels) if d.labels else _natural_sorted(set(counts))
-        if len(self.labels) < 2:
-            raise LmtuneError(
-                f"{d.train}: only one class ('{self.labels[0]}') in column '{self.label_column}'",
-                hint="classification needs at least two classes",
-            )
-        splits: dict[str, list[dict[str, Any]]] = {}
-        for split, path in (("validation", d.validation), ("test", d.test)):
-            if path:
-                records, _ = self._extract(read_table(path, d.format), need_label=True)
-                records = [self._as_label_type(r) for r in records]
-                self._check_known(records, path, self.label_column)
-                splits[split] = records
-        report: dict[str, Any] = {
-            "streaming": True,
-            "columns": {"text": self.text_column, "text_pair": self.pair_column, "label": self.label_column},
-            "labels": self.labels,
-            "multi_label": self.multi_label,
-            "rows": {"train": rows, **{name: len(records) for name, records in splits.items()}},
-            "carved_from_train": [],
-            "dropped_empty_train": dropped,
-            "class_balance": {"train": {label: counts.get(label, 0) for label in self.labels}},
-        }
-        for name, records in splits.items():
-            split_counts: Counter[str] = Counter()
-            for r in records:
-                split_counts.update(r["label"] if isinstance(r["label"], list) else [r["label"]])
-            report["class_balance"][name] = {label: split_counts.get(label, 0) for label in self.labels}
+        return rows, dropped, counts
 
-        def chunk_dataset(table: Table) -> Any:
-            records, _ = self._extract(table, need_label=True)
-            records = [self._as_label_type(r) for r in records]
-            self._check_known(records, d.train, self.label_column)
-            return self._to_dataset(records)
+    def _train_stream(self, tokenizer: Any, batch_size: int, seed: int) -> Any:
+        """`PreparedData.train_stream`: the train file, tokenized chunk by chunk, batched by length."""
+        from lmtune.data.streaming import LengthGroupedStream, iter_tables, tokenized_chunks
 
-        def train_stream(tokenizer: Any, batch_size: int, seed: int) -> Any:
-            from lmtune.data.streaming import LengthGroupedStream
-
-            source = tokenized_chunks(
-                lambda: iter_tables(d.train, d.format),
-                chunk_dataset,
-                lambda dataset: self.tokenize(dataset, tokenizer),
-                limit=limit,
-            )
-            return LengthGroupedStream(source, batch_size, seed)
-
-        return PreparedData(
-            splits={name: self._to_dataset(records) for name, records in splits.items()},
-            labels=self.labels,
-            report=report,
-            train_stream=train_stream,
-            train_rows=rows,
+        d = self.cfg.data
+        source = tokenized_chunks(
+            lambda: iter_tables(d.train, d.format),
+            lambda table: self.to_dataset(self._checked(self._extract(table, need_label=True)[0])),
+            lambda dataset: self.tokenize(dataset, tokenizer),
+            limit=d.max_train_samples,
         )
-
-    def _as_label_type(self, record: dict[str, Any]) -> dict[str, Any]:
-        if self.multi_label and not isinstance(record["label"], list):
-            record["label"] = [record["label"]]
-        return record
-
-    def _data_report(
-        self, splits: dict[str, list[dict[str, Any]]], train_info: dict, carved: list[str]
-    ) -> dict:
-        def key(r: dict[str, Any]) -> str:
-            return r["text"] + ("\t" + r["text_pair"] if r.get("text_pair") else "")
-
-        report: dict[str, Any] = {
-            "columns": {"text": self.text_column, "text_pair": self.pair_column, "label": self.label_column},
-            "labels": self.labels,
-            "multi_label": self.multi_label,
-            "rows": {name: len(records) for name, records in splits.items()},
-            "carved_from_train": carved,
-            "dropped_empty_train": train_info["dropped_empty"],
-            "dropped_duplicates_train": train_info.get("dropped_duplicates", 0),
-            "duplicates_in_train": checks.count_duplicates([key(r) for r in splits["train"]]),
-            "overlap_train_test": checks.count_overlap(
-                [key(r) for r in splits["train"]], [key(r) for r in splits["test"]]
-            ),
-            "overlap_train_validation": checks.count_overlap(
-                [key(r) for r in splits["train"]], [key(r) for r in splits["validation"]]
-            ),
-            "class_balance": {},
-        }
-        for name, records in splits.items():
-            counts: Counter[str] = Counter()
-            for r in records:
-                counts.update(r["label"] if isinstance(r["label"], list) else [r["label"]])
-            report["class_balance"][name] = {label: counts.get(label, 0) for label in self.labels or []}
-        return report
-
-    def _to_dataset(self, records: list[dict[str, Any]]) -> Any:
-        from datasets import Dataset
-
-        columns: dict[str, list[Any]] = {"text": [r["text"] for r in records]}
-        if self.pair_column:
-            columns["text_pair"] = [r.get("text_pair", "") for r in records]
-        if records and "label" in records[0]:
-            columns["label_ids"] = [self.encode_label(r["label"]) for r in records]
-        return Dataset.from_dict(columns)
+        return LengthGroupedStream(source, batch_size, seed)
 
     def encode_label(self, label: str | list[str]) -> Any:
         index = {name: i for i, name in enumerate(self.labels or [])}
@@ -348,13 +331,6 @@ class ClassificationTask(Task):
             return vector
         return index[label]  # type: ignore[index]
 
-    def read_labelled(self, path: str) -> Any:
-        table = read_table(path, self.cfg.data.format)
-        records, _ = self._extract(table, need_label=True)
-        records = [self._as_label_type(r) for r in records]
-        self._check_known(records, path, self.label_column)
-        return self._to_dataset(records)
-
     def read_inputs(self, path: str) -> list[dict[str, Any]]:
         table = read_table(path, self.cfg.data.format)
         records, _ = self._extract(table, need_label=False)
@@ -362,22 +338,12 @@ class ClassificationTask(Task):
 
     # ---- model ----------------------------------------------------------------------------
     def build_model(self, path: str, *, fresh_head: bool) -> Any:
-        from transformers import AutoConfig, AutoModelForSequenceClassification
+        from transformers import AutoModelForSequenceClassification
 
-        labels = self.labels or []
-        config = AutoConfig.from_pretrained(path, trust_remote_code=self.cfg.model.trust_remote_code)
-        config.num_labels = len(labels)
-        config.id2label = dict(enumerate(labels))
-        config.label2id = {label: i for i, label in enumerate(labels)}
+        config = labelled_head_config(path, self.labels or [], self.cfg)
         config.problem_type = (
             "multi_label_classification" if self.multi_label else "single_label_classification"
         )
-        apply_dropout(config, self.cfg.train.dropout)
-        if getattr(config, "pad_token_id", None) is None:
-            # Decoder classifiers pool the last non-pad token, so they need a pad id.
-            config.pad_token_id = getattr(config, "eos_token_id", None)
-            if isinstance(config.pad_token_id, list):
-                config.pad_token_id = config.pad_token_id[0]
         return AutoModelForSequenceClassification.from_pretrained(
             path, config=config, trust_remote_code=self.cfg.model.trust_remote_code
         )
@@ -470,40 +436,25 @@ class ClassificationTask(Task):
 
         return compute
 
-    def _forward(
+    def probabilities(
         self, model: Any, tokenizer: Any, features: list[dict[str, Any]], batch_size: int
     ) -> np.ndarray:
         """Probabilities for tokenized features, in their original order."""
-        from lmtune.tasks.base import resolve_precision
-
-        device = model_device(model)
-        precision = resolve_precision(self.cfg.train.precision, device)
-        collate = self.collator(tokenizer)
         out = np.zeros((len(features), len(self.labels or [])), dtype=np.float32)
-        model.eval()
-        with torch.inference_mode(), autocast_for(device, precision):
-            for index, batch in length_sorted_batches(features, collate, batch_size):
-                batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-                logits = model(**batch).logits.float()
-                probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
-                out[index] = probs.cpu().numpy()
+        for index, batch in inference_batches(self, model, features, self.collator(tokenizer), batch_size):
+            logits = model(**batch).logits.float()
+            probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
+            out[index] = probs.cpu().numpy()
         return out
 
     def evaluate(self, model: Any, tokenizer: Any, dataset: Any, batch_size: int) -> EvalResult:
         tokenized = self.tokenize(dataset, tokenizer)
         features = [dict(row) for row in tokenized]
-        probs = self._forward(model, tokenizer, features, batch_size)
+        probs = self.probabilities(model, tokenizer, features, batch_size)
         gold = np.asarray([f["labels"] for f in features])
         return self.scores(gold, probs)
 
-    def predict(
-        self,
-        model: Any,
-        tokenizer: Any,
-        inputs: list[dict[str, Any]],
-        batch_size: int,
-        options: Any = None,
-    ) -> list[dict]:
+    def predict(self, model: Any, tokenizer: Any, inputs: Rows, batch_size: int, options: Any = None) -> Rows:
         if not inputs:
             return []
         # Tokenize directly: a datasets.map per call costs more than the forward pass when serving.
@@ -511,7 +462,7 @@ class ClassificationTask(Task):
         texts = [i["text"] for i in inputs]
         enc = tokenizer(texts, pairs, truncation=True, max_length=self.cfg.data.max_length)
         features = [{key: enc[key][n] for key in enc} for n in range(len(inputs))]
-        probs = self._forward(model, tokenizer, features, batch_size)
+        probs = self.probabilities(model, tokenizer, features, batch_size)
         labels = self.labels or []
         results = []
         for item, row in zip(inputs, probs, strict=True):
@@ -530,16 +481,13 @@ class ClassificationTask(Task):
     # ---- report -----------------------------------------------------------------------------
     def report_sections(self, results: dict[str, EvalResult], run_dir: Path) -> list[str]:
         from lmtune.evaluation.plots import confusion_matrix_png
+        from lmtune.evaluation.report import per_label_table, section
 
         lines: list[str] = []
         for split, result in results.items():
-            lines.append(f"### Per-class results ({split})\n")
-            lines.append("| label | precision | recall | F1 | support |")
-            lines.append("|---|---:|---:|---:|---:|")
-            for label, row in result.details["per_class"].items():
-                scores = " | ".join(f"{row[k]:.3f}" for k in ("precision", "recall", "f1"))
-                lines.append(f"| {label} | {scores} | {row['support']} |")
-            lines.append("")
+            lines += section(
+                f"Per-class results ({split})", per_label_table("label", result.details["per_class"])
+            )
             matrix = result.details.get("confusion_matrix")
             if matrix is not None:
                 name = f"confusion_matrix_{split}.png"
@@ -577,6 +525,23 @@ class _DropLengthCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         return self.inner([{k: v for k, v in f.items() if k != "length"} for f in features])
+
+
+def labelled_head_config(path: str, labels: list[str], cfg: Any) -> Any:
+    """The model config of `path` for a head over `labels` (per text or per token), run settings applied."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    apply_dropout(config, cfg.train.dropout)
+    if getattr(config, "pad_token_id", None) is None:
+        # Decoder classifiers pool the last non-pad token, so they need a pad id.
+        config.pad_token_id = getattr(config, "eos_token_id", None)
+        if isinstance(config.pad_token_id, list):
+            config.pad_token_id = config.pad_token_id[0]
+    return config
 
 
 def apply_dropout(config: Any, dropout: float | None) -> None:

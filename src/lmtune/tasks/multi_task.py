@@ -45,25 +45,8 @@ from torch import nn
 from torch.utils.data import Sampler
 
 from lmtune.errors import LmtuneError
-from lmtune.tasks.base import EvalResult, PreparedData, Task
+from lmtune.tasks.base import EvalResult, PreparedData, Rows, Task
 
-# Sub-task types that fit one shared encoder with a per-task head (generative tasks and
-# extractive QA have their own heads, losses and inference loops).
-SUPPORTED_TYPES = ("classification", "token-classification", "ner")
-# Methods that keep working when the encoder is shared: parameter masks, bottleneck adapters
-# and the LoRA family insert into / select modules by name, so the one encoder is adapted once.
-# Prompt/prefix tuning and AdaLoRA assume one peft task type and a single head.
-SUPPORTED_METHODS = (
-    "full",
-    "freeze",
-    "bitfit",
-    "gradual-unfreeze",
-    "adapter-houlsby",
-    "adapter-pfeiffer",
-    "lora",
-    "dora",
-    "ia3",
-)
 # Data keys a sub-task takes from the run's `data:` section unless it sets its own.
 INHERITED_DATA_KEYS = ("max_length", "validation_split", "test_split", "drop_duplicates", "max_train_samples")
 # Data keys that describe one file set; at the run level they would be ambiguous.
@@ -75,7 +58,6 @@ PER_TASK_DATA_KEYS = (
     "text_pair_column",
     "label_column",
     "labels",
-    "label_delimiter",
 )
 COMBINED = "combined"
 WEIGHTS_FILE = "model.safetensors"
@@ -83,17 +65,36 @@ LAYOUT_FILE = "multi_task.json"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
 
-def _data_fields() -> set[str]:
-    """Data keys a sub-task spec may set (streaming and caching are run-wide)."""
+def _data_fields(task_cls: type[Task]) -> set[str]:
+    """Data keys a spec of a `task_cls` sub-task may set (streaming and caching are run-wide)."""
     from lmtune.config import DataConfig
 
-    return set(DataConfig.model_fields) - {"streaming", "cache_tokenized"}
+    return (set(DataConfig.model_fields) | set(task_cls.DataOptions.model_fields)) - {
+        "streaming",
+        "cache_tokenized",
+    }
+
+
+def _member_class(where: str, kind: Any) -> type[Task]:
+    """The task class of a sub-task type, refused unless it declares "multi-task-member" (a head
+    over an encoder; generative tasks and extractive QA have their own heads, losses and loops)."""
+    from lmtune.tasks import TASKS
+
+    task_cls = TASKS.get(kind) if kind in TASKS.names() else None
+    if task_cls is not None and task_cls.supports("multi-task-member"):
+        return task_cls
+    supported = ", ".join(Task.with_capability("multi-task-member", TASKS.classes()))
+    if kind is None:
+        raise ValueError(f"{where}: missing 'type' (supported: {supported})")
+    if task_cls is MultiTask:
+        raise ValueError(f"{where}: a multi-task cannot contain another multi-task (supported: {supported})")
+    known = "is not supported inside multi-task" if task_cls is not None else "is not a task type"
+    raise ValueError(f"{where}: type '{kind}' {known} (supported: {supported})")
 
 
 def _check_spec(name: str, spec: Any) -> dict[str, Any]:
     """Validate one sub-task spec; returns it normalised (task options with their defaults)."""
     from lmtune.config import DataConfig
-    from lmtune.tasks import TASKS
 
     where = f"sub-task '{name}'"
     if not isinstance(name, str) or not _NAME.match(name) or name == COMBINED:
@@ -104,20 +105,13 @@ def _check_spec(name: str, spec: Any) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise ValueError(f"{where}: expected a mapping such as {{type: classification, train: FILE}}")
     kind = spec.get("type")
-    supported = ", ".join(SUPPORTED_TYPES)
-    if kind is None:
-        raise ValueError(f"{where}: missing 'type' (supported: {supported})")
-    if kind == "multi-task":
-        raise ValueError(f"{where}: a multi-task cannot contain another multi-task (supported: {supported})")
-    if kind not in SUPPORTED_TYPES:
-        known = "is not supported inside multi-task" if kind in TASKS.names() else "is not a task type"
-        raise ValueError(f"{where}: type '{kind}' {known} (supported: {supported})")
-    task_cls = TASKS.get(kind)
-    data_keys = _data_fields()
+    task_cls = _member_class(where, kind)
+    data_keys = _data_fields(task_cls)
     data = {k: v for k, v in spec.items() if k in data_keys}
     options = {k: v for k, v in spec.items() if k not in data_keys and k != "type"}
     try:
-        DataConfig(**data)
+        DataConfig(**{k: v for k, v in data.items() if k in DataConfig.model_fields})
+        task_cls.DataOptions(**{k: v for k, v in data.items() if k not in DataConfig.model_fields})
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ValueError(f"{where}: invalid '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
@@ -412,11 +406,11 @@ class MultiTaskCollator:
 # ---- the task ------------------------------------------------------------------------------------
 class MultiTask(Task):
     name: ClassVar[str] = "multi-task"
+    Options = MultiTaskOptions
+    PredictOptions = MultiTaskPredictOptions
     description: ClassVar[str] = (
         "Several classification / token-classification tasks over one shared encoder, a head each."
     )
-    Options = MultiTaskOptions
-    PredictOptions = MultiTaskPredictOptions
     default_metric: ClassVar[str] = COMBINED
     greater_is_better: ClassVar[bool] = True
 
@@ -435,7 +429,7 @@ class MultiTask(Task):
         shared = {k: raw["data"][k] for k in INHERITED_DATA_KEYS}
         self.subtasks: dict[str, Task] = {}
         for name, spec in self.options.tasks.items():
-            data_keys = _data_fields()
+            data_keys = _data_fields(get_task_class(spec["type"]))
             sub_raw = {
                 "model": raw["model"],
                 "method": raw["method"],
@@ -457,11 +451,17 @@ class MultiTask(Task):
         )
 
     def _check_method(self) -> None:
+        """Refuse a method whose class does not declare "multi-task": it must adapt the one shared
+        encoder once (prompt learning, for one, assumes one peft task type and a single head)."""
+        from lmtune.methods import METHODS, get_method_class
+        from lmtune.methods.base import Method
+
         method = self.cfg.method.name
-        if method not in SUPPORTED_METHODS:
+        if not get_method_class(method).supports("multi-task"):
+            supported = ", ".join(Method.with_capability("multi-task", METHODS.classes()))
             raise LmtuneError(
                 f"method '{method}' is not supported for multi-task runs",
-                hint=f"use one of: {', '.join(SUPPORTED_METHODS)} (e.g. method: {{name: full}})",
+                hint=f"use one of: {supported} (e.g. method: {{name: full}})",
             )
 
     # ---- data -------------------------------------------------------------------------------
@@ -588,13 +588,11 @@ class MultiTask(Task):
     def tokenize(self, dataset: Any, tokenizer: Any) -> Any:
         from datasets import Dataset
 
-        from lmtune.tasks.token_classification import TokenClassificationTask
-
         columns: dict[str, list[Any]] = {"task_index": [], "length": [], "truncated": [], "features": []}
         for index, _, sub, part in self._named_parts(dataset):
             tokenized = sub.tokenize(part, tokenizer)
-            # Token classification splits long sentences into windows: nothing is truncated.
-            windows = isinstance(sub, TokenClassificationTask)
+            # Token-level tasks split long sentences into windows: nothing is truncated.
+            windows = sub.supports("token-level")
             for row in tokenized.to_list():
                 length = int(row.pop("length"))
                 columns["task_index"].append(index)
@@ -610,8 +608,6 @@ class MultiTask(Task):
     def trainer_metrics(self) -> Any:
         from transformers import EvalPrediction
 
-        from lmtune.tasks.token_classification import TokenClassificationTask
-
         def compute(eval_pred: Any) -> dict[str, float]:
             summary = np_array(eval_pred.predictions)
             gold_all = np_array(eval_pred.label_ids)
@@ -623,7 +619,7 @@ class MultiTask(Task):
                     continue
                 body, gold = summary[rows, 1:], gold_all[rows]
                 n_labels = len(sub.labels or [])
-                if isinstance(sub, TokenClassificationTask):
+                if sub.supports("token-level"):
                     # The model summarised token logits as argmax ids; one-hot rebuilds "logits".
                     width = min(body.shape[1], gold.shape[1])
                     ids = body[:, :width].astype(int).clip(min=0)
@@ -662,14 +658,7 @@ class MultiTask(Task):
             )
         return options
 
-    def predict(
-        self,
-        model: Any,
-        tokenizer: Any,
-        inputs: list[dict[str, Any]],
-        batch_size: int,
-        options: BaseModel | None = None,
-    ) -> list[dict[str, Any]]:
+    def predict(self, model: Any, tokenizer: Any, inputs: Rows, batch_size: int, options: Any = None) -> Rows:
         chosen = getattr(options, "task", None)
         names = [chosen] if chosen else list(self.subtasks)
         rows: dict[str, list[dict[str, Any]]] = {}
@@ -687,33 +676,25 @@ class MultiTask(Task):
 
     # ---- report -------------------------------------------------------------------------------
     def report_sections(self, results: dict[str, EvalResult], run_dir: Path) -> list[str]:
-        from lmtune.evaluation.report import HEADLINE
+        from lmtune.evaluation.report import HEADLINE, markdown_table
 
-        lines = ["## Sub-tasks", ""]
         splits = list(results)
-        lines += [
-            "| sub-task | type | metric | " + " | ".join(splits) + " |",
-            "|---|---|---|" + "---:|" * len(splits),
+        overview = (
+            [name, sub.name, sub.default_metric]
+            + [_number(results[s].metrics.get(name, {}).get(sub.default_metric)) for s in splits]
+            for name, sub in self.subtasks.items()
+        )
+        lines = [
+            "## Sub-tasks",
+            "",
+            *markdown_table(["sub-task", "type", "metric", *splits], overview, left=3),
+            "",
         ]
         for name, sub in self.subtasks.items():
-            metric = sub.default_metric
-            values = [results[s].metrics.get(name, {}).get(metric) for s in splits]
-            shown = " | ".join(f"{v:.4f}" if isinstance(v, float) else "" for v in values)
-            lines.append(f"| {name} | {sub.name} | {metric} | {shown} |")
-        lines.append("")
-        for name, sub in self.subtasks.items():
             per_split = {s: r.metrics[name] for s, r in results.items() if name in r.metrics}
-            lines += [f"### {name} ({sub.name})", ""]
             keys = [k for k in HEADLINE if any(k in m for m in per_split.values())]
-            lines += ["| metric | " + " | ".join(per_split) + " |", "|---|" + "---:|" * len(per_split)]
-            for key in keys:
-                values = [per_split[s].get(key) for s in per_split]
-                lines.append(
-                    f"| {key} | "
-                    + " | ".join(f"{v:.4f}" if isinstance(v, float) else "" for v in values)
-                    + " |"
-                )
-            lines.append("")
+            rows = ([key, *(_number(m.get(key)) for m in per_split.values())] for key in keys)
+            lines += [f"### {name} ({sub.name})", "", *markdown_table(["metric", *per_split], rows), ""]
             # Split keys carry the sub-task name so its plots do not overwrite another's.
             sub_results = {
                 f"{name}-{s}": EvalResult(metrics=r.metrics[name], details=r.details[name])
@@ -755,6 +736,10 @@ def _combine(items: list[tuple[int, Any]]) -> Any:
             task_index.append(index)
             rows.append(json.dumps(row))
     return Dataset.from_dict({"task_index": task_index, "row": rows})
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ""
 
 
 def np_array(value: Any) -> Any:

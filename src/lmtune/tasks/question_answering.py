@@ -25,16 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmtune.data import checks
 from lmtune.data.readers import Table, read_table
+from lmtune.data.splits import Carving, SplitRecords
 from lmtune.errors import LmtuneError
-from lmtune.tasks.base import (
-    EvalResult,
-    PreparedData,
-    Task,
-    autocast_for,
-    length_sorted_batches,
-    model_device,
-    resolve_precision,
-)
+from lmtune.tasks.base import EvalResult, Rows, Task, inference_batches
 from lmtune.tasks.classification import _DropLengthCollator, apply_dropout
 
 
@@ -51,6 +44,10 @@ class QuestionAnsweringOptions(BaseModel):
     null_threshold: float = Field(
         default=0.0, description="With allow_unanswerable: answer '' when null score - best span > this."
     )
+
+
+# What reading repairs or fills in (counted in the data report): a wrong answer_start, a missing one.
+ANSWER_FIXES = ("repaired_answer_starts", "located_answer_starts")
 
 
 # ---- official SQuAD metric (v1.1/v2.0 evaluate script, re-implemented: it is not a package) ----------
@@ -107,7 +104,7 @@ class QuestionAnsweringTask(Task):
     # ---- reading and checking -----------------------------------------------------------------
     def _read(self, path: str, need_answers: bool) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Records {id, question, context, answers: [(text, start)], where}; counts of what was fixed."""
-        info = {"repaired_answer_starts": 0, "located_answer_starts": 0}
+        info = dict.fromkeys(ANSWER_FIXES, 0)
         squad = _read_squad(path) if Path(path).suffix.lower() == ".json" else None
         if squad is not None:
             raw = squad
@@ -199,69 +196,56 @@ class QuestionAnsweringTask(Task):
         kept = [r for r in records if r["answers"]]
         return kept, len(records) - len(kept)
 
-    def prepare_data(self) -> PreparedData:
-        d = self.cfg.data
-        seed = self.cfg.train.seed
-        if not d.train:
-            raise LmtuneError(
-                "no training data given", hint="set data.train in the config or pass --train FILE"
-            )
-        train, info = self._read(d.train, need_answers=True)
-        train, dropped = self._drop_unanswerable(train)
-        if not train:
-            raise LmtuneError(
-                f"{d.train}: no answerable questions",
-                hint="set task option allow_unanswerable: true for SQuAD 2.0",
-            )
-        info["dropped_unanswerable_train"] = dropped
-        splits: dict[str, list[dict[str, Any]]] = {}
-        carved: list[str] = []
-        total = len(train)
-        for split, path, ratio in (
-            ("test", d.test, d.test_split),
-            ("validation", d.validation, d.validation_split),
-        ):
-            if path:
-                records, more = self._read(path, need_answers=True)
-                for key in ("repaired_answer_starts", "located_answer_starts"):
-                    info[key] += more[key]
-                splits[split] = (
-                    records if self.options.allow_unanswerable else self._drop_unanswerable(records)[0]
+    # ---- the hooks of Task.prepare_data -------------------------------------------------------------
+    def read_records(self, path: str, split: str | None) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        records, info = self._read(path, need_answers=True)
+        if split is None:  # a file `lmtune eval` scores keeps its unanswerable questions
+            return records, info
+        records, dropped = self._drop_unanswerable(records)
+        if split == "train":
+            if not records:
+                raise LmtuneError(
+                    f"{path}: no answerable questions",
+                    hint="set task option allow_unanswerable: true for SQuAD 2.0",
                 )
-            else:
-                # Hold out whole contexts, so no test question is about a paragraph seen in training.
-                contexts = list(dict.fromkeys(r["context"] for r in train))
-                if len(contexts) < 3:
-                    raise LmtuneError(
-                        f"{d.train}: only {len(contexts)} distinct contexts, too few to carve "
-                        f"a {split} split",
-                        hint=f"give data.{split} or add contexts",
-                    )
-                share = ratio * total / len(train)
-                _, held = checks.stratified_split([0] * len(contexts), share, seed + (split == "validation"))
-                held_contexts = {contexts[i] for i in held}
-                splits[split] = [r for r in train if r["context"] in held_contexts]
-                train = [r for r in train if r["context"] not in held_contexts]
-                carved.append(split)
-        if d.max_train_samples is not None and d.max_train_samples < len(train):
-            train = checks.sample(train, d.max_train_samples, seed)
-        splits["train"] = train
-        report: dict[str, Any] = {
-            "rows": {name: len(rows) for name, rows in splits.items()},
+            info["dropped_unanswerable_train"] = dropped
+        return records, info
+
+    def carving(self) -> Carving:
+        # Hold out whole contexts, so no test question is about a paragraph seen in training.
+        return Carving(group=lambda r: r["context"], group_noun="contexts")
+
+    def dedup_key(self, record: dict[str, Any]) -> tuple[str, str, tuple[tuple[str, int], ...]]:
+        return record["question"], record["context"], tuple(record["answers"])
+
+    def overlap_key(self, record: dict[str, Any]) -> str:
+        return record["question"] + "\t" + record["context"]
+
+    def data_report(self, prepared: SplitRecords) -> dict[str, Any]:
+        splits, infos = prepared.records, prepared.infos
+        return {
+            "rows": prepared.rows(),
             "contexts": {name: len({r["context"] for r in rows}) for name, rows in splits.items()},
             "unanswerable": {name: sum(1 for r in rows if not r["answers"]) for name, rows in splits.items()},
-            "carved_from_train": carved,
-            **info,
-            "overlap_train_test": checks.count_overlap(
-                [r["question"] + "\t" + r["context"] for r in train],
-                [r["question"] + "\t" + r["context"] for r in splits["test"]],
-            ),
+            "carved_from_train": prepared.carved,
+            **{key: sum(info[key] for info in infos.values()) for key in ANSWER_FIXES},
+            "dropped_unanswerable_train": infos["train"]["dropped_unanswerable_train"],
+            "dropped_duplicates_train": prepared.dropped_duplicates,
+            "overlap_train_test": prepared.leakage(self.overlap_key)["overlap_train_test"],
         }
-        return PreparedData(splits={k: _to_dataset(v) for k, v in splits.items()}, labels=None, report=report)
 
-    def read_labelled(self, path: str) -> Any:
-        records, _ = self._read(path, need_answers=True)
-        return _to_dataset(records)
+    def to_dataset(self, records: list[dict[str, Any]]) -> Any:
+        from datasets import Dataset
+
+        return Dataset.from_dict(
+            {
+                "id": [r["id"] for r in records],
+                "question": [r["question"] for r in records],
+                "context": [r["context"] for r in records],
+                "answer_text": [[t for t, _ in r["answers"]] for r in records],
+                "answer_start": [[s for _, s in r["answers"]] for r in records],
+            }
+        )
 
     def read_inputs(self, path: str) -> list[dict[str, Any]]:
         records, _ = self._read(path, need_answers=False)
@@ -372,38 +356,33 @@ class QuestionAnsweringTask(Task):
         # Per example: the n-best (score, char start, char end) spans seen so far, and the null score.
         candidates: list[list[tuple[float, int, int]]] = [[] for _ in questions]
         null: list[float] = [float("inf")] * len(questions)
-        device = model_device(model)
-        precision = resolve_precision(self.cfg.train.precision, device)
-        collate = self.collator(tokenizer)
-        model.eval()
-        with torch.inference_mode(), autocast_for(device, precision):
-            for index, batch in length_sorted_batches(features, collate, batch_size):
-                out = model(**{k: v.to(device) for k, v in batch.items()})
-                starts, ends = out.start_logits.float(), out.end_logits.float()
-                k = min(o.n_best, starts.shape[1])
-                top_s, arg_s = (t.cpu().numpy() for t in starts.topk(k, dim=-1))
-                top_e, arg_e = (t.cpu().numpy() for t in ends.topk(k, dim=-1))
-                cls_scores = (starts[:, 0] + ends[:, 0]).cpu().numpy()
-                for row, f in enumerate(index):
-                    example, offsets = maps[f]
-                    # HF's recipe: the null answer's score is the lowest [CLS] score over windows.
-                    null[example] = min(null[example], float(cls_scores[row]))
-                    found = candidates[example]
-                    for si, s in zip(arg_s[row], top_s[row], strict=True):
-                        for ei, e in zip(arg_e[row], top_e[row], strict=True):
-                            if (
-                                si >= len(offsets)
-                                or ei >= len(offsets)
-                                or offsets[si] is None
-                                or offsets[ei] is None
-                                or ei < si
-                                or ei - si + 1 > o.max_answer_length
-                            ):
-                                continue
-                            found.append((float(s + e), offsets[si][0], offsets[ei][1]))
-                    if len(found) > o.n_best:
-                        found.sort(reverse=True)
-                        del found[o.n_best :]
+        for index, batch in inference_batches(self, model, features, self.collator(tokenizer), batch_size):
+            out = model(**batch)
+            starts, ends = out.start_logits.float(), out.end_logits.float()
+            k = min(o.n_best, starts.shape[1])
+            top_s, arg_s = (t.cpu().numpy() for t in starts.topk(k, dim=-1))
+            top_e, arg_e = (t.cpu().numpy() for t in ends.topk(k, dim=-1))
+            cls_scores = (starts[:, 0] + ends[:, 0]).cpu().numpy()
+            for row, f in enumerate(index):
+                example, offsets = maps[f]
+                # HF's recipe: the null answer's score is the lowest [CLS] score over windows.
+                null[example] = min(null[example], float(cls_scores[row]))
+                found = candidates[example]
+                for si, s in zip(arg_s[row], top_s[row], strict=True):
+                    for ei, e in zip(arg_e[row], top_e[row], strict=True):
+                        if (
+                            si >= len(offsets)
+                            or ei >= len(offsets)
+                            or offsets[si] is None
+                            or offsets[ei] is None
+                            or ei < si
+                            or ei - si + 1 > o.max_answer_length
+                        ):
+                            continue
+                        found.append((float(s + e), offsets[si][0], offsets[ei][1]))
+                if len(found) > o.n_best:
+                    found.sort(reverse=True)
+                    del found[o.n_best :]
         results = []
         for i, context in enumerate(contexts):
             found = sorted(candidates[i], reverse=True)
@@ -463,14 +442,7 @@ class QuestionAnsweringTask(Task):
         ][:5]
         return EvalResult(metrics=metrics, details={"misses": misses})
 
-    def predict(
-        self,
-        model: Any,
-        tokenizer: Any,
-        inputs: list[dict[str, Any]],
-        batch_size: int,
-        options: Any = None,
-    ) -> list[dict[str, Any]]:
+    def predict(self, model: Any, tokenizer: Any, inputs: Rows, batch_size: int, options: Any = None) -> Rows:
         if not inputs:
             return []
         questions = [str(i["question"]).strip() for i in inputs]
@@ -480,18 +452,17 @@ class QuestionAnsweringTask(Task):
 
     # ---- report ---------------------------------------------------------------------------------
     def report_sections(self, results: dict[str, EvalResult], run_dir: Path) -> list[str]:
+        from lmtune.evaluation.report import markdown_table, section
+
         lines: list[str] = []
         for split, result in results.items():
-            misses = result.details.get("misses") or []
-            if not misses:
-                continue
-            lines.append(f"### Missed answers ({split}, first {len(misses)})\n")
-            lines.append("| question | gold answers | prediction |")
-            lines.append("|---|---|---|")
-            for m in misses:
-                cells = [m["question"], " / ".join(m["answers"]) or "(none)", m["prediction"] or "(none)"]
-                lines.append("| " + " | ".join(str(c).replace("|", "\\|")[:150] for c in cells) + " |")
-            lines.append("")
+            if misses := result.details.get("misses"):
+                rows = ([m["question"], " / ".join(m["answers"]), m["prediction"]] for m in misses)
+                header = ["question", "gold answers", "prediction"]
+                table = markdown_table(
+                    header, ([c or "(none)" for c in row] for row in rows), left=3, width=150
+                )
+                lines += section(f"Missed answers ({split}, first {len(misses)})", table)
         return lines
 
 
@@ -590,20 +561,6 @@ def _parse_answers(table: Table, index: int, column: str) -> list[tuple[str, int
             raise LmtuneError(f"{where}: answer texts must be strings, got {text!r}")
         out.append((text, _as_int(table, index, column, start)))
     return out
-
-
-def _to_dataset(records: list[dict[str, Any]]) -> Any:
-    from datasets import Dataset
-
-    return Dataset.from_dict(
-        {
-            "id": [r["id"] for r in records],
-            "question": [r["question"] for r in records],
-            "context": [r["context"] for r in records],
-            "answer_text": [[t for t, _ in r["answers"]] for r in records],
-            "answer_start": [[s for _, s in r["answers"]] for r in records],
-        }
-    )
 
 
 def _answers(dataset: Any) -> list[list[tuple[str, int]]]:

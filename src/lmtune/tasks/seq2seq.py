@@ -20,17 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmtune.data import checks
 from lmtune.data.readers import Table, read_table
+from lmtune.data.splits import SplitRecords
 from lmtune.errors import LmtuneError
 from lmtune.models import warm_start_encoder
-from lmtune.tasks.base import (
-    EvalResult,
-    PreparedData,
-    Task,
-    autocast_for,
-    length_sorted_batches,
-    model_device,
-    resolve_precision,
-)
+from lmtune.tasks.base import EvalResult, Rows, Task, inference_batches
 from lmtune.tasks.classification import _DropLengthCollator, apply_dropout
 
 
@@ -149,6 +142,10 @@ class Seq2SeqTask(Task):
     peft_head_names: ClassVar[tuple[str, ...]] = ()
     # The Trainer's per-epoch evaluation is teacher-forced (no generation): it picks by loss.
     default_metric: ClassVar[str] = "loss"
+    resolved_columns: ClassVar[dict[str, str]] = {
+        "text_column": "text_column",
+        "label_column": "label_column",
+    }
     greater_is_better: ClassVar[bool] = False
 
     def __init__(self, cfg: Any) -> None:
@@ -199,21 +196,14 @@ class Seq2SeqTask(Task):
     def _extract(self, table: Table, need_target: bool = True) -> tuple[list[dict[str, Any]], int]:
         source, target = self._columns(table)
         self.text_column, self.label_column = source, target
-        records: list[dict[str, Any]] = []
-        dropped = 0
-        for i in range(len(table)):
-            src = checks.text_value(table, i, source)
-            tgt = checks.text_value(table, i, target) if need_target else None
-            if src is None or (need_target and tgt is None):
-                dropped += 1
-                continue
-            records.append({"source": src, "target": tgt})
+        texts = checks.text_rows(table, (source, target if need_target else None))
+        records = [{"source": src, "target": tgt} for _, (src, tgt) in texts]
         if not records:
             raise LmtuneError(
                 f"{table.path}: no row has both a source and a target",
                 hint=f"check columns '{source}' and '{target}'",
             )
-        return records, dropped
+        return records, len(table) - len(records)
 
     def _decide_kind(self, records: list[dict[str, Any]]) -> None:
         """auto: language-code columns mean translation; summary columns or short targets summarization."""
@@ -232,78 +222,42 @@ class Seq2SeqTask(Task):
             tgt_chars = sum(len(r["target"]) for r in records)
             self.kind = "summarization" if tgt_chars < 0.5 * src_chars else "translation"
 
-    def prepare_data(self) -> PreparedData:
-        d = self.cfg.data
-        seed = self.cfg.train.seed
-        if not d.train:
-            raise LmtuneError(
-                "no training data given", hint="set data.train in the config or pass --train FILE"
-            )
-        train, dropped = self._extract(read_table(d.train, d.format))
-        self._decide_kind(train)
-        info = {"dropped_empty_train": dropped, "dropped_duplicates_train": 0}
-        if d.drop_duplicates:
-            unique = {(r["source"], r["target"]): r for r in train}
-            info["dropped_duplicates_train"] = len(train) - len(unique)
-            train = list(unique.values())
-        splits: dict[str, list[dict[str, Any]]] = {}
-        carved: list[str] = []
-        total = len(train)
-        for split, path, ratio in (
-            ("test", d.test, d.test_split),
-            ("validation", d.validation, d.validation_split),
-        ):
-            if path:
-                splits[split] = self._extract(read_table(path, d.format))[0]
-            else:
-                # Shares are of the original train file: 100 rows -> 80 / 10 / 10.
-                share = ratio * total / len(train)
-                keep, held = checks.stratified_split([0] * len(train), share, seed + (split == "validation"))
-                splits[split] = [train[i] for i in held]
-                train = [train[i] for i in keep]
-                carved.append(split)
-        if d.max_train_samples is not None and d.max_train_samples < len(train):
-            train = checks.sample(train, d.max_train_samples, seed)
-        splits["train"] = train
+    # ---- the hooks of Task.prepare_data -------------------------------------------------------------
+    def read_records(self, path: str, split: str | None) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        records, dropped = self._extract(read_table(path, self.cfg.data.format))
+        if split == "train":
+            self._decide_kind(records)
+        return records, {"dropped_empty": dropped}
 
-        def key(r: dict[str, Any]) -> str:
-            return r["source"]
+    def dedup_key(self, record: dict[str, Any]) -> tuple[str, str]:
+        return record["source"], record["target"]
 
-        report: dict[str, Any] = {
+    def overlap_key(self, record: dict[str, Any]) -> str:
+        return record["source"]
+
+    def data_report(self, prepared: SplitRecords) -> dict[str, Any]:
+        def mean_chars(rows: list[dict[str, Any]], key: str) -> float:
+            return round(sum(len(r[key]) for r in rows) / max(1, len(rows)), 1)
+
+        return {
             "columns": {"source": self.text_column, "target": self.label_column},
             "kind": self.kind,
             "languages": {"source": self.source_lang, "target": self.target_lang},
-            "rows": {name: len(rows) for name, rows in splits.items()},
-            "carved_from_train": carved,
-            **info,
-            "duplicates_in_train": checks.count_duplicates([key(r) for r in train]),
-            "overlap_train_test": checks.count_overlap(
-                [key(r) for r in train], [key(r) for r in splits["test"]]
-            ),
-            "overlap_train_validation": checks.count_overlap(
-                [key(r) for r in train], [key(r) for r in splits["validation"]]
+            **prepared.summary(
+                self.overlap_key, dropped_empty_train=prepared.infos["train"]["dropped_empty"]
             ),
             "mean_chars": {
-                name: {
-                    "source": round(sum(len(r["source"]) for r in rows) / max(1, len(rows)), 1),
-                    "target": round(sum(len(r["target"]) for r in rows) / max(1, len(rows)), 1),
-                }
-                for name, rows in splits.items()
+                name: {"source": mean_chars(rows, "source"), "target": mean_chars(rows, "target")}
+                for name, rows in prepared.records.items()
             },
         }
-        datasets = {name: self._to_dataset(rows) for name, rows in splits.items()}
-        return PreparedData(splits=datasets, labels=None, report=report)
 
-    @staticmethod
-    def _to_dataset(records: list[dict[str, Any]]) -> Any:
+    def to_dataset(self, records: list[dict[str, Any]]) -> Any:
         from datasets import Dataset
 
         return Dataset.from_dict(
             {"source": [r["source"] for r in records], "target": [r["target"] for r in records]}
         )
-
-    def read_labelled(self, path: str) -> Any:
-        return self._to_dataset(self._extract(read_table(path, self.cfg.data.format))[0])
 
     def read_inputs(self, path: str) -> list[dict[str, Any]]:
         """A table with the source column (or source/text), or a text file with one input per line."""
@@ -472,26 +426,21 @@ class Seq2SeqTask(Task):
         gen_kwargs: dict[str, Any],
     ) -> tuple[list[str], float | None, int]:
         """Generations in input order, the mean teacher-forced loss per target token, tokens generated."""
-        device = model_device(model)
-        precision = resolve_precision(self.cfg.train.precision, device)
-        collate = self.collator(tokenizer)
         texts: list[str] = [""] * len(features)
         loss_sum, loss_tokens, generated = 0.0, 0, 0
-        model.eval()
-        with torch.inference_mode(), autocast_for(device, precision):
-            for index, batch in length_sorted_batches(features, collate, batch_size):
-                batch = {k: v.to(device) for k, v in batch.items() if v is not None}
-                inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-                if "labels" in batch:
-                    tokens = int((batch["labels"] != -100).sum())
-                    loss = model(**inputs, labels=batch["labels"]).loss
-                    loss_sum += float(loss) * tokens
-                    loss_tokens += tokens
-                out = model.generate(**inputs, **gen_kwargs)
-                # Encoder-decoders return the decoder start token first; count only what was new.
-                generated += int((out[:, 1:] != tokenizer.pad_token_id).sum())
-                for k, text in zip(index, tokenizer.batch_decode(out, skip_special_tokens=True), strict=True):
-                    texts[k] = _CJK_GAP.sub("", text.strip())
+        collate = self.collator(tokenizer)
+        for index, batch in inference_batches(self, model, features, collate, batch_size, drop=()):
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            if "labels" in batch:
+                tokens = int((batch["labels"] != -100).sum())
+                loss = model(**inputs, labels=batch["labels"]).loss
+                loss_sum += float(loss) * tokens
+                loss_tokens += tokens
+            out = model.generate(**inputs, **gen_kwargs)
+            # Encoder-decoders return the decoder start token first; count only what was new.
+            generated += int((out[:, 1:] != tokenizer.pad_token_id).sum())
+            for k, text in zip(index, tokenizer.batch_decode(out, skip_special_tokens=True), strict=True):
+                texts[k] = _CJK_GAP.sub("", text.strip())
         loss_mean = loss_sum / loss_tokens if loss_tokens else None
         return texts, loss_mean, generated
 
@@ -520,14 +469,7 @@ class Seq2SeqTask(Task):
         ]
         return EvalResult(metrics=metrics, details={"kind": self.kind, "samples": samples})
 
-    def predict(
-        self,
-        model: Any,
-        tokenizer: Any,
-        inputs: list[dict[str, Any]],
-        batch_size: int,
-        options: Any = None,
-    ) -> list[dict[str, Any]]:
+    def predict(self, model: Any, tokenizer: Any, inputs: Rows, batch_size: int, options: Any = None) -> Rows:
         from datasets import Dataset
 
         if not inputs:
@@ -539,19 +481,12 @@ class Seq2SeqTask(Task):
 
     # ---- report ---------------------------------------------------------------------------------
     def report_sections(self, results: dict[str, EvalResult], run_dir: Path) -> list[str]:
+        from lmtune.evaluation.report import markdown_table, section
+
+        columns = ["source", "reference", "generation"]
         lines: list[str] = []
         for split, result in results.items():
-            samples = result.details.get("samples") or []
-            if not samples:
-                continue
-            lines.append(f"### Sample generations ({split})\n")
-            lines.append("| source | reference | generation |")
-            lines.append("|---|---|---|")
-            for s in samples:
-                cells = [
-                    str(s[k]).replace("|", "\\|").replace("\n", " ")[:200]
-                    for k in ("source", "reference", "generation")
-                ]
-                lines.append("| " + " | ".join(cells) + " |")
-            lines.append("")
+            if samples := result.details.get("samples"):
+                table = markdown_table(columns, ([s[k] for k in columns] for s in samples), left=3, width=200)
+                lines += section(f"Sample generations ({split})", table)
         return lines

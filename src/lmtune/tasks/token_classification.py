@@ -22,17 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from lmtune.data import checks, conll
 from lmtune.data.conll import Sentence
 from lmtune.data.readers import read_table
+from lmtune.data.splits import Carving, SplitRecords
 from lmtune.errors import LmtuneError
-from lmtune.tasks.base import (
-    EvalResult,
-    PreparedData,
-    Task,
-    autocast_for,
-    length_sorted_batches,
-    model_device,
-    resolve_precision,
-)
-from lmtune.tasks.classification import _DropLengthCollator, apply_dropout
+from lmtune.tasks.base import EvalResult, Rows, Task, inference_batches
+from lmtune.tasks.classification import _DropLengthCollator, labelled_head_config
 
 
 class TokenClassificationOptions(BaseModel):
@@ -67,6 +60,9 @@ class TokenClassificationTask(Task):
     head_names: ClassVar[tuple[str, ...]] = ("classifier", "score")
     peft_head_names: ClassVar[tuple[str, ...]] = ("classifier", "score")
     default_metric: ClassVar[str] = "f1"
+    capabilities: ClassVar[frozenset[str]] = frozenset(
+        {"multi-task-member", "token-level", "logit-distillation"}
+    )
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
@@ -107,86 +103,57 @@ class TokenClassificationTask(Task):
                         hint=f"known tags: {', '.join(self.labels or [])}",
                     )
 
-    def prepare_data(self) -> PreparedData:
-        d = self.cfg.data
-        seed = self.cfg.train.seed
-        if not d.train:
-            raise LmtuneError(
-                "no training data given", hint="set data.train in the config or pass --train FILE"
-            )
-        sentences = self._read(d.train)
-        if self.options.tag_scheme == "auto":
+    # ---- the hooks of Task.prepare_data -------------------------------------------------------------
+    def read_records(self, path: str, split: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        sentences = self._read(path)
+        if split == "train" and self.options.tag_scheme == "auto":
             self.scheme = conll.detect_scheme([s.tags or [] for s in sentences])
-        train = self._normalise(sentences)
+        records = self._normalise(sentences)
+        if split == "train":
+            self._learn_labels(records, path)
+        else:
+            self._check_known(records)
+        return records, {}
+
+    def _learn_labels(self, train: list[dict[str, Any]], path: str) -> None:
         types = {kind for r in train for kind, _, _ in conll.bio_spans(r["tags"])}
-        if d.labels:
-            self.labels = list(d.labels)
+        if self.cfg.data.labels:
+            self.labels = list(self.cfg.data.labels)
             self._check_known(train)
         else:
             self.labels = conll.bio_labels(types)
         if not types:
-            raise LmtuneError(f"{d.train}: no entity tags, every token is 'O'", hint="tag some entities")
-        info: dict[str, Any] = {"dropped_duplicates": 0}
-        if d.drop_duplicates:
-            unique: dict[tuple, dict[str, Any]] = {}
-            for r in train:
-                unique.setdefault(tuple(r["tokens"]), r)
-            info["dropped_duplicates"] = len(train) - len(unique)
-            train = list(unique.values())
+            raise LmtuneError(f"{path}: no entity tags, every token is 'O'", hint="tag some entities")
 
-        splits: dict[str, list[dict[str, Any]]] = {}
-        carved: list[str] = []
-        for split, path, ratio in (
-            ("test", d.test, d.test_split),
-            ("validation", d.validation, d.validation_split),
-        ):
-            if path:
-                records = self._normalise(self._read(path))
-                self._check_known(records)
-                splits[split] = records
-            else:
-                # Seeded split, stratified by each sentence's first entity type.
-                strata = [next(iter(conll.bio_spans(r["tags"])), ("O",))[0] for r in train]
-                keep, held = checks.stratified_split(strata, ratio, seed + (0 if split == "test" else 1))
-                splits[split] = [train[i] for i in held]
-                train = [train[i] for i in keep]
-                carved.append(split)
-        if d.max_train_samples is not None and d.max_train_samples < len(train):
-            train = checks.sample(train, d.max_train_samples, seed)
-        splits["train"] = train
-        report = self._data_report(splits, carved, info)
-        datasets = {name: self._to_dataset(records) for name, records in splits.items()}
-        return PreparedData(splits=datasets, labels=self.labels, report=report)
+    def carving(self) -> Carving:
+        # Stratified by each sentence's first entity type.
+        return Carving(strata=lambda r: next(iter(conll.bio_spans(r["tags"])), ("O",))[0])
 
-    def _data_report(self, splits: dict[str, list[dict[str, Any]]], carved: list[str], info: dict) -> dict:
-        def key(r: dict[str, Any]) -> str:
-            return " ".join(r["tokens"])
+    def dedup_key(self, record: dict[str, Any]) -> tuple[str, ...]:
+        return tuple(record["tokens"])
 
+    def overlap_key(self, record: dict[str, Any]) -> str:
+        return " ".join(record["tokens"])
+
+    def data_report(self, prepared: SplitRecords) -> dict[str, Any]:
         types = sorted({label[2:] for label in self.labels or [] if label != "O"})
-        report: dict[str, Any] = {
+
+        def entities(records: list[dict[str, Any]]) -> dict[str, int]:
+            counts = Counter(kind for r in records for kind, _, _ in conll.bio_spans(r["tags"]))
+            return {kind: counts.get(kind, 0) for kind in types}
+
+        splits = prepared.records
+        return {
             "columns": {"tokens": self.text_column, "tags": self.label_column},
             "labels": self.labels,
             "tag_scheme": self.scheme,
-            "rows": {name: len(records) for name, records in splits.items()},
+            **prepared.summary(self.overlap_key),
             "tokens": {name: sum(len(r["tokens"]) for r in records) for name, records in splits.items()},
-            "carved_from_train": carved,
-            "dropped_duplicates_train": info["dropped_duplicates"],
-            "duplicates_in_train": checks.count_duplicates([key(r) for r in splits["train"]]),
-            "overlap_train_test": checks.count_overlap(
-                [key(r) for r in splits["train"]], [key(r) for r in splits["test"]]
-            ),
-            "overlap_train_validation": checks.count_overlap(
-                [key(r) for r in splits["train"]], [key(r) for r in splits["validation"]]
-            ),
             # Entities per type and split (shown as the class balance table of report.md).
-            "class_balance": {},
+            "class_balance": {name: entities(records) for name, records in splits.items()},
         }
-        for name, records in splits.items():
-            counts: Counter[str] = Counter(kind for r in records for kind, _, _ in conll.bio_spans(r["tags"]))
-            report["class_balance"][name] = {kind: counts.get(kind, 0) for kind in types}
-        return report
 
-    def _to_dataset(self, records: list[dict[str, Any]]) -> Any:
+    def to_dataset(self, records: list[dict[str, Any]]) -> Any:
         from datasets import Dataset
 
         index = {label: i for i, label in enumerate(self.labels or [])}
@@ -194,11 +161,6 @@ class TokenClassificationTask(Task):
         if records and "tags" in records[0]:
             columns["tag_ids"] = [[index[t] for t in r["tags"]] for r in records]
         return Dataset.from_dict(columns)
-
-    def read_labelled(self, path: str) -> Any:
-        records = self._normalise(self._read(path))
-        self._check_known(records)
-        return self._to_dataset(records)
 
     def read_inputs(self, path: str) -> list[dict[str, Any]]:
         """CoNLL or JSON(L) token lists -> {"tokens"}; a text file or CSV of raw texts -> {"text"}."""
@@ -226,18 +188,9 @@ class TokenClassificationTask(Task):
 
     # ---- model ---------------------------------------------------------------------------------
     def build_model(self, path: str, *, fresh_head: bool) -> Any:
-        from transformers import AutoConfig, AutoModelForTokenClassification
+        from transformers import AutoModelForTokenClassification
 
-        labels = self.labels or []
-        config = AutoConfig.from_pretrained(path, trust_remote_code=self.cfg.model.trust_remote_code)
-        config.num_labels = len(labels)
-        config.id2label = dict(enumerate(labels))
-        config.label2id = {label: i for i, label in enumerate(labels)}
-        apply_dropout(config, self.cfg.train.dropout)
-        if getattr(config, "pad_token_id", None) is None:
-            config.pad_token_id = getattr(config, "eos_token_id", None)
-            if isinstance(config.pad_token_id, list):
-                config.pad_token_id = config.pad_token_id[0]
+        config = labelled_head_config(path, self.labels or [], self.cfg)
         return AutoModelForTokenClassification.from_pretrained(
             path, config=config, trust_remote_code=self.cfg.model.trust_remote_code
         )
@@ -329,21 +282,14 @@ class TokenClassificationTask(Task):
         """(label id, probability) per word; one forward per window, argmax per batch."""
         features, maps = self._windows(tokenizer, sentences, None)
         best: list[list[tuple[int, int, float]]] = [[(-1, -1, 1.0)] * len(s) for s in sentences]
-        device = model_device(model)
-        precision = resolve_precision(self.cfg.train.precision, device)
-        collate = self.collator(tokenizer)
-        model.eval()
-        with torch.inference_mode(), autocast_for(device, precision):
-            for index, batch in length_sorted_batches(features, collate, batch_size):
-                batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-                probs = torch.softmax(model(**batch).logits.float(), dim=-1)
-                top, arg = probs.max(dim=-1)
-                top, arg = top.cpu().numpy(), arg.cpu().numpy()
-                for row, k in enumerate(index):
-                    n, firsts = maps[k]
-                    for p, w, centrality in firsts:
-                        if centrality > best[n][w][0]:
-                            best[n][w] = (centrality, int(arg[row, p]), float(top[row, p]))
+        for index, batch in inference_batches(self, model, features, self.collator(tokenizer), batch_size):
+            top, arg = torch.softmax(model(**batch).logits.float(), dim=-1).max(dim=-1)
+            top, arg = top.cpu().numpy(), arg.cpu().numpy()
+            for row, k in enumerate(index):
+                n, firsts = maps[k]
+                for p, w, centrality in firsts:
+                    if centrality > best[n][w][0]:
+                        best[n][w] = (centrality, int(arg[row, p]), float(top[row, p]))
         # Words with no sub-tokens (rare symbols the tokenizer drops) are predicted 'O'.
         return [[(label, prob) for _, label, prob in words] for words in best]
 
@@ -414,14 +360,7 @@ class TokenClassificationTask(Task):
         gold = [[labels[i] for i in ids] for ids in dataset["tag_ids"]]
         return self.scores(gold, [self._tags(p) for p in predicted])
 
-    def predict(
-        self,
-        model: Any,
-        tokenizer: Any,
-        inputs: list[dict[str, Any]],
-        batch_size: int,
-        options: Any = None,
-    ) -> list[dict[str, Any]]:
+    def predict(self, model: Any, tokenizer: Any, inputs: Rows, batch_size: int, options: Any = None) -> Rows:
         if not inputs:
             return []
         sentences: list[list[str]] = []
@@ -466,15 +405,12 @@ class TokenClassificationTask(Task):
 
     # ---- report ---------------------------------------------------------------------------------
     def report_sections(self, results: dict[str, EvalResult], run_dir: Path) -> list[str]:
+        from lmtune.evaluation.report import per_label_table, section
+
         lines: list[str] = []
         for split, result in results.items():
-            lines.append(f"### Per-type results ({split})\n")
-            lines.append("| entity type | precision | recall | F1 | support |")
-            lines.append("|---|---:|---:|---:|---:|")
-            for kind, row in result.details["per_type"].items():
-                scores = " | ".join(f"{row[k]:.3f}" for k in ("precision", "recall", "f1"))
-                lines.append(f"| {kind} | {scores} | {row['support']} |")
-            lines.append("")
+            table = per_label_table("entity type", result.details["per_type"])
+            lines += section(f"Per-type results ({split})", table)
             confusions = result.details.get("confusions") or []
             if confusions:
                 lines.append(
