@@ -114,6 +114,7 @@ def test_train_from_yaml_with_overrides(tiny_bert, sentiment_files, tmp_path, ca
             "data file not found: missing.csv",
         ),
         (["train", "--train", "x.csv"], "no model given"),
+        (["compare", "--train", "x.csv", "--epochs", "1"], "no model given"),
         (["train", "--model", "no-such-model", "--train", "x.csv"], "cannot load model 'no-such-model'"),
         (["train", "--model", "all-MiniLM-L6-v2", "--method", "lorra"], "did you mean 'lora'"),
         (
@@ -140,13 +141,76 @@ def test_bad_input_is_one_line_and_exit_2(args, message, capsys, monkeypatch, tm
     assert len(stderr.strip().splitlines()) == 1, stderr
 
 
+def test_shared_flags_are_declared_once():
+    """train, compare, distill and sweep take the same run flags: same names, help and defaults."""
+    import typer.main
+
+    commands = typer.main.get_command(cli.app).commands
+
+    def flags(command: str) -> dict[str, tuple]:
+        return {
+            p.name: (tuple(p.opts), getattr(p, "help", None), p.default) for p in commands[command].params
+        }
+
+    train, compare, distill = flags("train"), flags("compare"), flags("distill")
+    for name in ("config", "model", "task", "train_file", "validation", "test", "epochs"):
+        assert train[name] == compare[name], name
+    assert train["train_file"][0] == ("--train",) and train["epochs"][1] == "Sets train.epochs."
+    for name in ("epochs", "set_", "overwrite"):
+        assert train[name] == distill[name], name
+    assert compare["set_"] == flags("sweep")["set_"] and compare["set_"][0] == ("--set",)
+
+
+def test_flags_reach_serve_settings_and_export_options(monkeypatch, tmp_path):
+    """serve's and export's flags are set onto ServeSettings / ExportOptions by field name."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    import lmtune.compress.export as export_mod
+    import lmtune.serving.app as app_mod
+
+    seen = {}
+
+    def fake_export(run_dir, to, options):
+        seen["export"] = options
+        to.mkdir(parents=True)
+        (to / export_mod.TABLE_MD).write_text("# export\n")
+
+    monkeypatch.setattr(export_mod, "export_run", fake_export)
+    monkeypatch.setattr(app_mod, "create_app", lambda run_dir, extra, settings: seen.update(serve=settings))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    monkeypatch.delenv("LMTUNE_ADMIN_TOKEN", raising=False)
+    runner = CliRunner()
+    flags = (
+        "--no-merge --keep-adapter --int8 --prune 0.3 --prune-heads 2 --recover-steps 3 --onnx --no-benchmark"
+    )
+    result = runner.invoke(cli.app, ["export", "run", "--to", str(tmp_path / "x"), *flags.split()])
+    assert result.exit_code == 0, result.output
+    assert seen["export"] == export_mod.ExportOptions(
+        merge=False, keep_adapter=True, int8=True, prune=0.3, prune_heads=2, recover_steps=3, onnx=True,
+        benchmark=False,
+    )  # fmt: skip
+    flags = "--max-batch-size 4 --max-wait-ms 2.5 --max-queue 7 --timeout-s 3 "
+    flags += "--max-request-items 5 --max-text-chars 99"
+    result = runner.invoke(cli.app, ["serve", "run", *flags.split(), "--no-batching"])
+    assert result.exit_code == 0, result.output
+    assert seen["serve"] == app_mod.ServeSettings(
+        max_batch_size=4, max_wait_ms=2.5, max_queue=7, timeout_s=3.0, max_request_items=5, max_text_chars=99,
+        batching=False, admin_token=None,
+    )  # fmt: skip
+
+
 def test_listings(capsys, monkeypatch):
     code, stdout, _ = run_cli(["models"], capsys, monkeypatch)
     assert code == 0 and "all-MiniLM-L6-v2" in stdout and "SmolLM2-135M-Instruct" in stdout
     code, stdout, _ = run_cli(["methods"], capsys, monkeypatch)
     assert code == 0 and all(name in stdout for name in ("full", "freeze", "bitfit", "lora"))
+    monkeypatch.setattr(cli.console, "width", 400)  # one row per line, nothing wrapped
+    code, stdout, _ = run_cli(["methods"], capsys, monkeypatch)
+    assert "virtual-tokens" in stdout and "mergeable" in stdout  # what each method declares
     code, stdout, _ = run_cli(["tasks"], capsys, monkeypatch)
     assert code == 0 and "classification" in stdout
+    assert "data.label_delimiter" in stdout and "multi-task-member" in stdout
 
 
 def test_unknown_predict_option_is_one_line(tiny_bert, sentiment_files, tmp_path, capsys, monkeypatch):

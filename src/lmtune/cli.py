@@ -7,6 +7,7 @@ error prints one line and exits with code 2; there is no traceback for those.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -44,24 +45,72 @@ def _quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
+# ---- flags shared by several commands ----------------------------------------------------------
+# Declared once; typer copies the option of each parameter that uses one of these.
+ConfigArg = Annotated[Path | None, typer.Argument(help="YAML run config (optional if flags say enough).")]
+ModelFlag = Annotated[str | None, typer.Option(help="Model: packaged name, local dir or hub id.")]
+TaskFlag = Annotated[str | None, typer.Option(help="Task type, e.g. classification.")]
+TrainFileFlag = Annotated[str | None, typer.Option("--train", help="Training data file.")]
+ValidationFlag = Annotated[str | None, typer.Option(help="Validation data file.")]
+TestFlag = Annotated[str | None, typer.Option(help="Test data file.")]
+EpochsFlag = Annotated[float | None, typer.Option(help="Sets train.epochs.")]
+SetFlag = Annotated[
+    list[str] | None, typer.Option("--set", help="Override any key: --set train.batch_size=32")
+]
+SetConfigFlag = Annotated[list[str] | None, typer.Option("--set", help="Override any key of the config.")]
+OverwriteFlag = Annotated[bool, typer.Option(help="Replace an existing run in the output dir.")]
+RunDirArg = Annotated[Path, typer.Argument(help="A finished run directory.")]
+LabelledDataFlag = Annotated[str, typer.Option(help="Labelled data file to evaluate on.")]
+MetricsOutputFlag = Annotated[Path | None, typer.Option(help="Write the metrics as JSON here.")]
+
+
+def _run_flags(
+    model: str | None,
+    task: str | None,
+    train_file: str | None,
+    validation: str | None,
+    test: str | None,
+    epochs: float | None,
+) -> dict[str, Any]:
+    """The config keys that the shared run flags set (None: not given)."""
+    return {
+        "model.name": model,
+        "task.type": task,
+        "data.train": train_file,
+        "data.validation": validation,
+        "data.test": test,
+        "train.epochs": epochs,
+    }
+
+
+def _raw_config(config: Path | None, flags: dict[str, Any], set_: list[str] | None) -> dict[str, Any]:
+    """The YAML file (if any), then the flags given, then --set: later ones win."""
+    from lmtune.config import apply_overrides, load_yaml
+
+    raw: dict[str, Any] = load_yaml(config) if config else {}
+    overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
+    raw = apply_overrides(raw, overrides + list(set_ or []))
+    if "model" not in raw:
+        raise LmtuneError(
+            "no model given", hint="pass --model NAME or set `model:` in the config (see `lmtune models`)"
+        )
+    return raw
+
+
 # ---- train ------------------------------------------------------------------------------------
 @app.command()
 def train(
-    config: Annotated[
-        Path | None, typer.Argument(help="YAML run config (optional if flags say enough).")
-    ] = None,
-    model: Annotated[str | None, typer.Option(help="Model: packaged name, local dir or hub id.")] = None,
-    task: Annotated[str | None, typer.Option(help="Task type, e.g. classification.")] = None,
+    config: ConfigArg = None,
+    model: ModelFlag = None,
+    task: TaskFlag = None,
     method: Annotated[str | None, typer.Option(help="Method, e.g. lora, full, freeze, bitfit.")] = None,
-    train_file: Annotated[str | None, typer.Option("--train", help="Training data file.")] = None,
-    validation: Annotated[str | None, typer.Option(help="Validation data file.")] = None,
-    test: Annotated[str | None, typer.Option(help="Test data file.")] = None,
+    train_file: TrainFileFlag = None,
+    validation: ValidationFlag = None,
+    test: TestFlag = None,
     output_dir: Annotated[str | None, typer.Option("--output-dir", "-o", help="Run directory.")] = None,
-    epochs: Annotated[float | None, typer.Option(help="Sets train.epochs.")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override any key: --set train.batch_size=32")
-    ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run in the output dir.")] = False,
+    epochs: EpochsFlag = None,
+    set_: SetFlag = None,
+    overwrite: OverwriteFlag = False,
     resume: Annotated[
         bool, typer.Option(help="Continue an unfinished run (the default for the same config).")
     ] = False,
@@ -73,27 +122,16 @@ def train(
     ] = 1,
 ) -> None:
     """Fine-tune a model and write a run directory with model, metrics and report."""
-    from lmtune.config import RunConfig, apply_overrides, load_yaml
+    from lmtune.config import RunConfig
     from lmtune.run import prepare_output_dir
     from lmtune.run import train as run_train
 
-    raw: dict[str, Any] = load_yaml(config) if config else {}
     flags = {
-        "model.name": model,
-        "task.type": task,
+        **_run_flags(model, task, train_file, validation, test, epochs),
         "method.name": method,
-        "data.train": train_file,
-        "data.validation": validation,
-        "data.test": test,
         "output_dir": output_dir,
-        "train.epochs": epochs,
     }
-    overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
-    raw = apply_overrides(raw, overrides + list(set_ or []))
-    if "model" not in raw:
-        raise LmtuneError(
-            "no model given", hint="pass --model NAME or set `model:` in the config (see `lmtune models`)"
-        )
+    raw = _raw_config(config, flags, set_)
     cfg = RunConfig.from_dict(raw, source=str(config) if config else "command line")
     if resume and prepare_output_dir(cfg, overwrite=False) != "resume":
         raise LmtuneError(f"nothing to resume in {cfg.output_dir}", hint="drop --resume to start a new run")
@@ -137,25 +175,38 @@ def _launch_processes(cfg: Any, num_processes: int, overwrite: bool) -> None:
         raise typer.Exit(code if code in (1, 2) else 1)
 
 
+def _dataclass_flags(ctx: typer.Context, cls: type) -> dict[str, Any]:
+    """The command's flags that are named as fields of the dataclass `cls` (set one to one)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {key: value for key, value in ctx.params.items() if key in names}
+
+
+def _print_markdown(path: Path) -> None:
+    """A markdown file lmtune wrote, without its plot images (a terminal cannot show them)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    console.print(Markdown("\n".join(line for line in lines if not line.startswith("!["))))
+
+
+def _print_table(table: RichTable, output: Path | None, result: dict[str, Any]) -> None:
+    """Print the metrics table; with --output, also write `result` as JSON."""
+    from lmtune.io import write_json
+
+    console.print(table)
+    if output:
+        write_json(output, result)
+        console.print(f"metrics written to {output}")
+
+
 def _print_report(directory: Path) -> None:
-    report = directory / "report.md"
-    if report.exists():
-        text = "\n".join(
-            line for line in report.read_text(encoding="utf-8").splitlines() if not line.startswith("![")
-        )
-        console.print(Markdown(text))
+    if (directory / "report.md").exists():
+        _print_markdown(directory / "report.md")
     console.print(f"\nrun directory: [bold]{directory}[/bold] (report.md, metrics.json, model/)")
 
 
 # ---- eval -------------------------------------------------------------------------------------
 @app.command("eval")
-def eval_(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
-    data: Annotated[str, typer.Option(help="Labelled data file to evaluate on.")],
-    output: Annotated[Path | None, typer.Option(help="Write the metrics as JSON here.")] = None,
-) -> None:
+def eval_(run_dir: RunDirArg, data: LabelledDataFlag, output: MetricsOutputFlag = None) -> None:
     """Evaluate a finished run on a labelled file."""
-    from lmtune.io import write_json
     from lmtune.run import load_run
 
     _quiet_libraries()
@@ -171,16 +222,13 @@ def eval_(
     for key, value in rows:
         if isinstance(value, float | int) and not isinstance(value, bool):
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    console.print(table)
-    if output:
-        write_json(output, metrics)
-        console.print(f"metrics written to {output}")
+    _print_table(table, output, metrics)
 
 
 # ---- predict ----------------------------------------------------------------------------------
 @app.command()
 def predict(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    run_dir: RunDirArg,
     input_file: Annotated[
         str | None, typer.Option("--input", "-i", help="File of inputs (csv/tsv/json/jsonl).")
     ] = None,
@@ -221,6 +269,7 @@ def predict(
 # ---- serve ------------------------------------------------------------------------------------
 @app.command()
 def serve(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory (served as adapter 'default').")],
     adapter: Annotated[
         list[str] | None,
@@ -256,12 +305,7 @@ def serve(
     for name in extra:
         check_adapter_name(name)
     settings = ServeSettings(
-        max_batch_size=max_batch_size,
-        max_wait_ms=max_wait_ms,
-        max_queue=max_queue,
-        timeout_s=timeout_s,
-        max_request_items=max_request_items,
-        max_text_chars=max_text_chars,
+        **_dataclass_flags(ctx, ServeSettings),  # max_batch_size ... max_text_chars
         batching=not no_batching,
         admin_token=os.environ.get(admin_token_env) or None,
     )
@@ -286,7 +330,7 @@ def sweep(
     n_jobs: Annotated[
         int, typer.Option(min=1, help="Trials in parallel threads (on a 2-core machine this rarely helps).")
     ] = 1,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any key of the config.")] = None,
+    set_: SetConfigFlag = None,
 ) -> None:
     """Search hyperparameters with Optuna; re-running the same command resumes the sweep."""
     from lmtune.search.sweep import load_sweep_config
@@ -295,56 +339,39 @@ def sweep(
     raw = load_sweep_config(config, list(set_ or []))
     _quiet_libraries()
     summary = run_sweep(raw, output_dir, n_jobs=n_jobs, source=str(config))
-    text = (Path(output_dir) / "summary.md").read_text(encoding="utf-8")
-    console.print(Markdown("\n".join(line for line in text.splitlines() if not line.startswith("!["))))
+    _print_markdown(Path(output_dir) / "summary.md")
     if summary["best"]:
         console.print(f"best config: [bold]{Path(output_dir) / 'best.yaml'}[/bold]")
 
 
 @app.command()
 def compare(
-    config: Annotated[
-        Path | None, typer.Argument(help="YAML run config (optional if flags say enough).")
-    ] = None,
+    config: ConfigArg = None,
     methods: Annotated[
         str | None, typer.Option(help="Comma-separated methods; default: every registered method.")
     ] = None,
-    model: Annotated[str | None, typer.Option(help="Model: packaged name, local dir or hub id.")] = None,
-    task: Annotated[str | None, typer.Option(help="Task type, e.g. classification.")] = None,
-    train_file: Annotated[str | None, typer.Option("--train", help="Training data file.")] = None,
-    validation: Annotated[str | None, typer.Option(help="Validation data file.")] = None,
-    test: Annotated[str | None, typer.Option(help="Test data file.")] = None,
+    model: ModelFlag = None,
+    task: TaskFlag = None,
+    train_file: TrainFileFlag = None,
+    validation: ValidationFlag = None,
+    test: TestFlag = None,
     output_dir: Annotated[
         str, typer.Option("--output-dir", "-o", help="Comparison directory.")
     ] = "runs/compare",
-    epochs: Annotated[float | None, typer.Option(help="Sets train.epochs.")] = None,
+    epochs: EpochsFlag = None,
     per_method_sweep: Annotated[
         int | None, typer.Option(min=1, help="Per method, sweep the learning rate over N trials.")
     ] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any key of the config.")] = None,
+    set_: SetConfigFlag = None,
 ) -> None:
     """Train several methods on the same data and budget; table, Pareto plot and recommendation."""
-    from lmtune.config import apply_overrides, load_yaml
     from lmtune.search.compare import compare as run_compare
 
-    raw: dict[str, Any] = load_yaml(config) if config else {}
-    flags = {
-        "model.name": model,
-        "task.type": task,
-        "data.train": train_file,
-        "data.validation": validation,
-        "data.test": test,
-        "train.epochs": epochs,
-    }
-    overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
-    raw = apply_overrides(raw, overrides + list(set_ or []))
-    if "model" not in raw:
-        raise LmtuneError("no model given", hint="pass --model NAME or set `model:` in the config")
+    raw = _raw_config(config, _run_flags(model, task, train_file, validation, test, epochs), set_)
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     _quiet_libraries()
     result = run_compare(raw, chosen, output_dir, per_method_sweep)
-    text = (Path(output_dir) / "comparison.md").read_text(encoding="utf-8")
-    console.print(Markdown("\n".join(line for line in text.splitlines() if not line.startswith("!["))))
+    _print_markdown(Path(output_dir) / "comparison.md")
     if not result["recommendation"]:
         raise LmtuneError("no method finished", hint=f"see the reasons in {output_dir}/comparison.md")
 
@@ -352,12 +379,11 @@ def compare(
 @app.command()
 def ensemble(
     run_dirs: Annotated[list[Path], typer.Argument(help="Two or more finished classification runs.")],
-    data: Annotated[str, typer.Option(help="Labelled data file to evaluate on.")],
-    output: Annotated[Path | None, typer.Option(help="Write the metrics as JSON here.")] = None,
+    data: LabelledDataFlag,
+    output: MetricsOutputFlag = None,
 ) -> None:
     """Average the class probabilities of several runs; the ensemble's metrics beside each member's."""
     from lmtune.ensemble import ensemble as run_ensemble
-    from lmtune.io import write_json
 
     _quiet_libraries()
     result = run_ensemble(list(run_dirs), data)
@@ -366,16 +392,14 @@ def ensemble(
     table.add_row("ensemble (mean probabilities)", *(f"{result['ensemble'][k]:.4f}" for k in keys))
     for name, metrics in result["members"].items():
         table.add_row(name, *(f"{metrics[k]:.4f}" for k in keys))
-    console.print(table)
-    if output:
-        write_json(output, result)
-        console.print(f"metrics written to {output}")
+    _print_table(table, output, result)
 
 
 # ---- export and distill -----------------------------------------------------------------------
 @app.command()
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    ctx: typer.Context,
+    run_dir: RunDirArg,
     to: Annotated[Path, typer.Option("--to", help="Directory for the variants and the table.")],
     merge: Annotated[bool, typer.Option(help="Merge LoRA-family adapters into a plain model.")] = True,
     keep_adapter: Annotated[bool, typer.Option(help="Also copy the run's adapter as trained.")] = False,
@@ -394,17 +418,7 @@ def export(
     from lmtune.compress.export import TABLE_MD, ExportOptions, export_run
 
     _quiet_libraries()
-    options = ExportOptions(
-        merge=merge,
-        keep_adapter=keep_adapter,
-        int8=int8,
-        prune=prune,
-        prune_heads=prune_heads,
-        recover_steps=recover_steps,
-        onnx=onnx,
-        benchmark=benchmark,
-    )
-    export_run(run_dir, to, options)
+    export_run(run_dir, to, ExportOptions(**_dataclass_flags(ctx, ExportOptions)))
     console.print(Markdown((to / TABLE_MD).read_text(encoding="utf-8")))
     console.print(f"\nvariants and table: [bold]{to}[/bold] ({TABLE_MD}, export.json)")
 
@@ -420,11 +434,9 @@ def distill(
     student_layers: Annotated[
         int | None, typer.Option(min=1, help="Keep only the student's bottom N layers.")
     ] = None,
-    epochs: Annotated[float | None, typer.Option(help="Sets train.epochs.")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override any key: --set train.batch_size=32")
-    ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run in the output dir.")] = False,
+    epochs: EpochsFlag = None,
+    set_: SetFlag = None,
+    overwrite: OverwriteFlag = False,
 ) -> None:
     """Train a student on a run's soft labels; the result is a normal run directory."""
     from lmtune.compress.distill import distill as run_distill
@@ -469,34 +481,41 @@ def models() -> None:
 
 @app.command()
 def methods() -> None:
-    """Fine-tuning methods with their options."""
+    """Fine-tuning methods with their options and what each can do."""
     from lmtune.methods import METHODS
 
     table = RichTable(title="Methods")
     table.add_column("name", no_wrap=True, min_width=16)
-    for column in ("description", "options (default)", "default lr"):
+    for column in ("description", "options (default)", "default lr", "capabilities"):
         table.add_column(column)
-    for name in METHODS.names():
-        cls = METHODS.get(name)
-        options = ", ".join(f"{k}={f.default!r}" for k, f in cls.Options.model_fields.items()) or "-"
-        table.add_row(name, cls.description, options, f"{cls.default_learning_rate:g}")
+    for name, cls in METHODS.classes().items():
+        table.add_row(
+            name, cls.description, _defaults(cls.Options), f"{cls.default_learning_rate:g}", _listed(cls)
+        )
     console.print(table)
 
 
 @app.command()
 def tasks() -> None:
-    """Tasks with their options."""
+    """Tasks with their options, the data keys only they read, and what each can do."""
     from lmtune.tasks import TASKS
 
     table = RichTable(title="Tasks")
     table.add_column("name", no_wrap=True, min_width=20)
-    for column in ("description", "options (default)"):
+    for column in ("description", "options (default)", "own data keys", "capabilities"):
         table.add_column(column)
-    for name in TASKS.names():
-        cls = TASKS.get(name)
-        options = ", ".join(f"{k}={f.default!r}" for k, f in cls.Options.model_fields.items()) or "-"
-        table.add_row(name, cls.description, options)
+    for name, cls in TASKS.classes().items():
+        own_data = ", ".join(f"data.{k}" for k in cls.DataOptions.model_fields) or "-"
+        table.add_row(name, cls.description, _defaults(cls.Options), own_data, _listed(cls))
     console.print(table)
+
+
+def _defaults(options: Any) -> str:
+    return ", ".join(f"{k}={f.default!r}" for k, f in options.model_fields.items()) or "-"
+
+
+def _listed(cls: Any) -> str:
+    return ", ".join(sorted(cls.capabilities)) or "-"
 
 
 def main() -> None:

@@ -8,8 +8,44 @@ import pytest
 from typer.testing import CliRunner
 
 from lmtune.cli import app
-from lmtune.compress.export import COLUMNS, ExportOptions, export_run
+from lmtune.compress.export import COLUMNS, VARIANTS, ExportOptions, VariantSpec, export_run
 from lmtune.errors import LmtuneError
+
+
+def planned(options: ExportOptions) -> list[str]:
+    """The variants `export_run` writes for these options, in table order (no run needed)."""
+    built: list[str] = []
+    for spec in VARIANTS:
+        if spec.applies(options, built):
+            built.append(spec.name_for(options))
+    return built
+
+
+@pytest.mark.parametrize(
+    ("options", "names"),
+    [
+        (ExportOptions(), ["original", "merged"]),
+        (ExportOptions(merge=False, keep_adapter=True), ["original"]),
+        # Every compressed variant is built from the merged model: without it there are none.
+        (ExportOptions(merge=False, int8=True, prune=0.5, onnx=True), ["original"]),
+        (ExportOptions(int8=True, onnx=True), ["original", "merged", "int8", "onnx"]),
+        (ExportOptions(prune=0.3, prune_heads=1), ["original", "merged", "pruned-30", "heads-pruned-1"]),
+        (ExportOptions(prune=0.0), ["original", "merged", "pruned-0"]),  # refused by pruning, not skipped
+    ],
+)
+def test_variant_specs_follow_the_options(options, names):
+    assert planned(options) == names
+
+
+def test_each_variant_is_built_from_an_earlier_one():
+    everything = ExportOptions(int8=True, prune=0.5, prune_heads=2, onnx=True)
+    seen: list[str] = []
+    for spec in VARIANTS:
+        assert spec.source is None or spec.source in seen, spec
+        seen.append(spec.name_for(everything))
+    assert len(set(seen)) == len(seen)
+    with pytest.raises(TypeError, match="not a field of ExportOptions"):
+        VariantSpec("x", "int9", VARIANTS[0].build)
 
 
 def test_export_all_variants(tiny_full_run, tmp_path):

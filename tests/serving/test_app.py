@@ -80,6 +80,46 @@ def test_predictions_equal_run_predict_for_each_adapter(serve_runs, expected):
         assert_same(rows, expected["pos"][:1])
 
 
+ROUTES = {
+    ("/predict", "post"): "predict_predict_post",
+    ("/health", "get"): "health_health_get",
+    ("/info", "get"): "info_info_get",
+    ("/metrics", "get"): "prometheus_metrics_metrics_get",
+    ("/admin/adapters", "post"): "add_adapter_admin_adapters_post",
+    ("/admin/adapters/{name}", "delete"): "remove_adapter_admin_adapters__name__delete",
+}
+
+
+def test_routes_and_their_openapi_contract(serve_runs):
+    """The routes, their operation ids and the documented answers (what clients generate from)."""
+    spec = create_app(serve_runs["pos"]).openapi()
+    found = {
+        (path, verb): op["operationId"] for path, ops in spec["paths"].items() for verb, op in ops.items()
+    }
+    assert found == ROUTES
+    predict = spec["paths"]["/predict"]["post"]
+    assert {"200", "404", "413", "422", "503", "504"} <= set(predict["responses"])
+    assert predict["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("PredictRequest")
+    assert "HTTPBearer" in spec["components"]["securitySchemes"]
+    assert spec["paths"]["/admin/adapters"]["post"]["security"] == [{"HTTPBearer": []}]
+
+
+def test_sharing_the_base_model_is_the_methods_declaration(serve_runs, expected, monkeypatch):
+    """The pool asks the method class ("peft-adapter"), not the loaded model, whether a run is
+    an adapter on the shared PeftModel: without the declaration a LoRA run is a separate model."""
+    from lmtune.methods import get_method_class
+
+    lora = get_method_class("lora")
+    monkeypatch.setattr(lora, "capabilities", lora.capabilities - {"peft-adapter"})
+    app = create_app(serve_runs["pos"], {"neg": serve_runs["neg"]})
+    assert app.state.pool.peft_model is None
+    with TestClient(app) as client:
+        assert client.get("/info").json()["adapters"]["neg"]["shared_base_model"] is False
+        for name, key in (("default", "pos"), ("neg", "neg")):
+            rows = client.post("/predict", json={"texts": TEXTS, "adapter": name}).json()["predictions"]
+            assert_same(rows, expected[key])
+
+
 def test_request_errors(serve_runs):
     settings = ServeSettings(max_request_items=3, max_text_chars=50)
     with TestClient(create_app(serve_runs["pos"], {"neg": serve_runs["neg"]}, settings)) as client:

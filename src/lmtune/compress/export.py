@@ -16,6 +16,10 @@ run's test split, computed by the task's own `evaluate`. When the run carved its
 from train, `task.prepare_data()` re-creates it from the saved, fully resolved config (the
 split is seeded); the row counts and the unmodified model's metrics are checked against
 metrics.json so a changed data file cannot go unnoticed.
+
+Each variant is one `VariantSpec` in `VARIANTS` (when it applies, how it is built from an
+earlier variant, its notes); `export_run` walks that list with one loop, so a new variant is
+one builder function and one entry.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import shutil
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Container
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -190,14 +195,157 @@ def recover(model: nn.Module, run: Any, train_dataset: Any, steps: int) -> dict[
     return {"recover_steps": steps, "recover_loss": round(result.training_loss, 4)}
 
 
+# ---- the variants ----------------------------------------------------------------------------
+@dataclass
+class Export:
+    """One export under way: the run, the options, and what every variant is measured on."""
+
+    run: Any
+    opts: ExportOptions
+    out: Path
+    peft: bool  # the run's method saves a peft adapter: its model/ holds the adapter only
+    splits: dict[str, Any]
+    metric_name: str
+    b1: list[dict]
+    b32: list[dict]
+
+    @property
+    def method(self) -> str:
+        return self.run.config.method.name
+
+    @property
+    def test(self) -> Any:
+        return self.splits["test"]
+
+
+@dataclass
+class Built:
+    """What a variant's `build` returns: its model, what was done to it, extra table columns."""
+
+    model: Any
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    counted: nn.Module | None = None  # whose parameters the row counts; None: `model`'s
+
+
+_OPTION_NAMES = {f.name for f in fields(ExportOptions)}
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One row of the export table, as data.
+
+    The variant is written when its `option` (an `ExportOptions` field; None: always) is set and
+    the variant named `source` was built. `build` makes it from that variant's model and, when
+    `saved`, writes it into a fresh directory `to/<name>`; the row's notes are the builder's
+    (what was done) followed by `notes` (how to load it).
+    """
+
+    name: str | Callable[[ExportOptions], str]
+    option: str | None
+    build: Callable[[Export, Any, Path | None], Built]
+    notes: tuple[str, ...] = ()
+    source: str | None = "merged"
+    saved: bool = True
+
+    def __post_init__(self) -> None:
+        if self.option is not None and self.option not in _OPTION_NAMES:
+            raise TypeError(f"variant option {self.option!r} is not a field of ExportOptions")
+
+    def name_for(self, opts: ExportOptions) -> str:
+        return self.name if isinstance(self.name, str) else self.name(opts)
+
+    def applies(self, opts: ExportOptions, built: Container[str]) -> bool:
+        if self.option is not None:
+            value = getattr(opts, self.option)
+            if value is None or value is False:  # identity: --prune 0 is asked for (and refused)
+                return False
+        return self.source is None or self.source in built
+
+
+def _build_original(ex: Export, source: Any, directory: Path | None) -> Built:
+    adapter = "; size is the adapter, the base model loads too" if ex.peft else ""
+    return Built(ex.run.model, [f"{ex.method} run as trained{adapter}"])
+
+
+def _build_merged(ex: Export, source: Any, directory: Path | None) -> Built:
+    merged = merge_mod.merge(source, ex.method)
+    merge_mod.save_model(merged, ex.run.tokenizer, directory)
+    return Built(
+        merged, ["adapters merged; AutoModel.from_pretrained(dir)" if ex.peft else "standalone model"]
+    )
+
+
+def _build_int8(ex: Export, source: Any, directory: Path | None) -> Built:
+    q = quantize.quantize_int8(source)
+    quantize.save_int8(q, ex.run.tokenizer, directory)
+    return Built(q)
+
+
+def _recovered(ex: Export, pruned: nn.Module, info: dict[str, Any], notes: list[str]) -> None:
+    """The recovery fine-tune of a pruned model, when --recover-steps asks for one."""
+    if ex.opts.recover_steps:
+        info.update(recover(pruned, ex.run, ex.splits["train"], ex.opts.recover_steps))
+        notes.append(f"{ex.opts.recover_steps} recovery steps")
+
+
+def _build_pruned(ex: Export, source: Any, directory: Path | None) -> Built:
+    head_names = ex.run.task.head_names
+    pruned = copy.deepcopy(source)
+    info = prune_mod.prune_unstructured(pruned, ex.opts.prune, head_names, permanent=False)
+    notes = [f"magnitude pruning, body sparsity {ex.opts.prune:.0%}"]
+    _recovered(ex, pruned, info, notes)  # the masks stay on meanwhile: pruned weights stay zero
+    prune_mod.make_permanent(pruned)
+    info["sparsity"] = round(prune_mod.measured_sparsity(pruned, head_names), 6)
+    merge_mod.save_model(pruned, ex.run.tokenizer, directory)
+    return Built(pruned, notes, {"pruning": info})
+
+
+def _build_heads_pruned(ex: Export, source: Any, directory: Path | None) -> Built:
+    pruned = copy.deepcopy(source)
+    heads = prune_mod.prune_heads(pruned, ex.opts.prune_heads)
+    info: dict[str, Any] = {"pruned_heads": heads}
+    notes = [f"{ex.opts.prune_heads} attention heads removed (weight-norm importance)"]
+    _recovered(ex, pruned, info, notes)
+    prune_mod.save_head_pruned(pruned, ex.run.tokenizer, heads, directory)
+    return Built(pruned, notes, {"pruning": info})
+
+
+def _build_onnx(ex: Export, source: Any, directory: Path | None) -> Built:
+    from lmtune.compress.onnx_export import MODEL_NAME, OnnxModel, export_onnx
+
+    samples = [ex.b1[0], *ex.b32[:1], *make_batches(ex.run.task, ex.run.tokenizer, ex.test, 7, 1)]
+    check = export_onnx(source, ex.run.tokenizer, directory, samples, tolerance=ex.opts.onnx_tolerance)
+    onnx_model = OnnxModel(directory / MODEL_NAME, getattr(source, "config", None))
+    extra = {"onnx_max_abs_diff": float(f"{check['max_abs_diff']:.3g}")}
+    return Built(onnx_model, extra=extra, counted=source)  # the graph holds the merged weights
+
+
+def _pruned_name(opts: ExportOptions) -> str:
+    return f"pruned-{round(opts.prune * 100)}"
+
+
+def _heads_name(opts: ExportOptions) -> str:
+    return f"heads-pruned-{opts.prune_heads}"
+
+
+# In table order. `original` comes first: peft merges in place, so it is measured before merging.
+VARIANTS: tuple[VariantSpec, ...] = (
+    VariantSpec("original", None, _build_original, source=None, saved=False),
+    VariantSpec("merged", "merge", _build_merged, source="original"),
+    VariantSpec(
+        "int8", "int8", _build_int8, ("dynamic int8 nn.Linear (CPU); lmtune.compress.load_int8(dir)",)
+    ),
+    VariantSpec(_pruned_name, "prune", _build_pruned, ("dense storage: zeros take space",)),
+    VariantSpec(_heads_name, "prune_heads", _build_heads_pruned, ("lmtune.compress.load_head_pruned(dir)",)),
+    VariantSpec("onnx", "onnx", _build_onnx, ("onnxruntime CPU; dynamic batch and sequence axes",)),
+)
+
+
 # ---- orchestration ---------------------------------------------------------------------------
-def _primary(metrics: dict[str, Any], name: str) -> float | None:
-    value = metrics.get(name)
-    return round(float(value), 4) if isinstance(value, int | float) else None
-
-
 def export_run(run_dir: str | Path, to: str | Path, options: ExportOptions | None = None) -> dict[str, Any]:
     """Write the requested variants of `run_dir` under `to`; returns the table (also on disk)."""
+    from lmtune.methods import get_method_class
     from lmtune.run import Run
 
     opts = options or ExportOptions()
@@ -208,141 +356,96 @@ def export_run(run_dir: str | Path, to: str | Path, options: ExportOptions | Non
             hint="choose an empty or new --to directory",
         )
     run = Run.load(run_dir, device="cpu")
-    method = run.config.method.name
-    peft_run = merge_mod.is_peft(run.model)
+    peft = get_method_class(run.config.method.name).supports("peft-adapter")
+    _check_options(opts, run.config.method.name, peft)
+    ex = _prepare(run, opts, out, peft)
+    if opts.keep_adapter:
+        merge_mod.copy_adapter(run.directory / "model", out / "adapter")
+    models: dict[str, Any] = {}  # the variants built so far, by name: the sources of later ones
+    rows: list[dict[str, Any]] = []
+    for spec in VARIANTS:
+        if spec.applies(opts, models):
+            variant = _make_variant(ex, spec, models.get(spec.source) if spec.source else None)
+            models[variant.name] = variant.model
+            rows.append(measure(ex, variant))
+    _flag_drift(ex, rows[0])
+    return _write_table(out, run, ex.metric_name, rows, opts)
+
+
+def _check_options(opts: ExportOptions, method: str, peft: bool) -> None:
+    """Refuse combinations that cannot work, before any data is read."""
     needs_plain = opts.int8 or opts.prune is not None or opts.prune_heads is not None or opts.onnx
-    if peft_run and not opts.merge and needs_plain:
+    if peft and not opts.merge and needs_plain:
         raise LmtuneError(
             "int8, pruning and ONNX work on a standalone model, but --no-merge keeps the adapter separate",
             hint="drop --no-merge (the adapter is still written with --keep-adapter)",
         )
     if opts.merge:
-        merge_mod.check_mergeable(run.model, method)
+        merge_mod.check_mergeable(method)
     if opts.recover_steps and opts.prune is None and opts.prune_heads is None:
         raise LmtuneError("--recover-steps needs --prune or --prune-heads")
 
+
+def _prepare(run: Any, opts: ExportOptions, out: Path, peft: bool) -> Export:
+    """The run's splits and the batches latency is timed on; creates `out`."""
     splits = run_splits(run)
     test = splits["test"]
     metric_name = run.config.train.metric_for_best_model or run.task.default_metric
     b1 = make_batches(run.task, run.tokenizer, test, 1, min(len(test), 32))
     b32 = make_batches(run.task, run.tokenizer, test, 32, 4)
-    evaluate_batch = run.batch_size
     out.mkdir(parents=True, exist_ok=True)
+    return Export(run, opts, out, peft, splits, metric_name, b1, b32)
 
-    rows: list[dict[str, Any]] = []
 
-    def measure(variant: Variant) -> None:
-        result = run.task.evaluate(variant.model, run.tokenizer, test, evaluate_batch)
-        row: dict[str, Any] = {
-            "variant": variant.name,
-            "path": variant.path,
-            "size_mb": round(variant.size_bytes / 2**20, 2),
-            "params": variant.params,
-            "nonzero_params": variant.nonzero_params,
-            "metric": _primary(result.metrics, metric_name),
-            "onnx_max_abs_diff": variant.extra.get("onnx_max_abs_diff"),
-            "notes": "; ".join(variant.notes),
-            "metrics": result.metrics,
-            **{k: v for k, v in variant.extra.items() if k != "onnx_max_abs_diff"},
-        }
-        if opts.benchmark:
-            row["latency_b1_p50_ms"], row["latency_b1_p95_ms"] = latency(
-                variant.model, b1, opts.repetitions_b1
-            )
-            row["latency_b32_p50_ms"], row["latency_b32_p95_ms"] = latency(
-                variant.model, b32, opts.repetitions_b32
-            )
-        rows.append(row)
+def _make_variant(ex: Export, spec: VariantSpec, source: Any) -> Variant:
+    """Build one variant (into a fresh `to/<name>` when it is saved) and count what it holds."""
+    name = spec.name_for(ex.opts)
+    directory = ex.out / name if spec.saved else None
+    if directory is not None:
+        _replace_dir(directory)
+    built = spec.build(ex, source, directory)
+    params, nonzero = tensor_counts(built.counted if built.counted is not None else built.model)
+    size = dir_size(directory if directory is not None else ex.run.directory / "model")
+    notes = [*built.notes, *spec.notes]
+    return Variant(name, name if spec.saved else None, built.model, params, nonzero, size, notes, built.extra)
 
-    # The run's model as trained (measured before merging: peft merges in place).
-    params, nonzero = tensor_counts(run.model)
-    original = Variant(
-        "original",
-        None,
-        run.model,
-        params,
-        nonzero,
-        dir_size(run.directory / "model"),
-        notes=[
-            f"{method} run as trained"
-            + ("; size is the adapter, the base model loads too" if peft_run else "")
-        ],
-    )
-    measure(original)
-    run_test = (run.metrics.get("test") or {}).get(metric_name)
-    if isinstance(run_test, int | float) and abs(rows[0]["metrics"][metric_name] - run_test) > 1e-6:
-        rows[0]["notes"] += f"; differs from metrics.json ({run_test:.4f}): data or library changed"
 
-    if opts.keep_adapter:
-        merge_mod.copy_adapter(run.directory / "model", out / "adapter")
-    if not opts.merge:
-        return _write_table(out, run, metric_name, rows, opts)
+def measure(ex: Export, variant: Variant) -> dict[str, Any]:
+    """The variant's table row: sizes, the task's metrics on the test split, CPU latency."""
+    run, opts = ex.run, ex.opts
+    result = run.task.evaluate(variant.model, run.tokenizer, ex.test, run.batch_size)
+    row: dict[str, Any] = {
+        "variant": variant.name,
+        "path": variant.path,
+        "size_mb": round(variant.size_bytes / 2**20, 2),
+        "params": variant.params,
+        "nonzero_params": variant.nonzero_params,
+        "metric": _primary(result.metrics, ex.metric_name),
+        "onnx_max_abs_diff": variant.extra.get("onnx_max_abs_diff"),
+        "notes": "; ".join(variant.notes),
+        "metrics": result.metrics,
+        **{k: v for k, v in variant.extra.items() if k != "onnx_max_abs_diff"},
+    }
+    if opts.benchmark:
+        row["latency_b1_p50_ms"], row["latency_b1_p95_ms"] = latency(
+            variant.model, ex.b1, opts.repetitions_b1
+        )
+        row["latency_b32_p50_ms"], row["latency_b32_p95_ms"] = latency(
+            variant.model, ex.b32, opts.repetitions_b32
+        )
+    return row
 
-    merged = merge_mod.merge(run.model, method)
-    merged_dir = out / "merged"
-    _replace_dir(merged_dir)
-    merge_mod.save_model(merged, run.tokenizer, merged_dir)
-    params, nonzero = tensor_counts(merged)
-    note = "adapters merged; AutoModel.from_pretrained(dir)" if peft_run else "standalone model"
-    measure(Variant("merged", "merged", merged, params, nonzero, dir_size(merged_dir), [note]))
 
-    if opts.int8:
-        q = quantize.quantize_int8(merged)
-        q_dir = out / "int8"
-        _replace_dir(q_dir)
-        quantize.save_int8(q, run.tokenizer, q_dir)
-        params, nonzero = tensor_counts(q)
-        notes = ["dynamic int8 nn.Linear (CPU); lmtune.compress.load_int8(dir)"]
-        measure(Variant("int8", "int8", q, params, nonzero, dir_size(q_dir), notes))
+def _flag_drift(ex: Export, original: dict[str, Any]) -> None:
+    """Note on the original's row when it no longer scores what metrics.json recorded."""
+    run_test = (ex.run.metrics.get("test") or {}).get(ex.metric_name)
+    if isinstance(run_test, int | float) and abs(original["metrics"][ex.metric_name] - run_test) > 1e-6:
+        original["notes"] += f"; differs from metrics.json ({run_test:.4f}): data or library changed"
 
-    head_names = run.task.head_names
-    if opts.prune is not None:
-        pruned = copy.deepcopy(merged)
-        info = prune_mod.prune_unstructured(pruned, opts.prune, head_names, permanent=False)
-        notes = [f"magnitude pruning, body sparsity {opts.prune:.0%}"]
-        if opts.recover_steps:
-            info.update(recover(pruned, run, splits["train"], opts.recover_steps))
-            notes.append(f"{opts.recover_steps} recovery steps")
-        prune_mod.make_permanent(pruned)
-        info["sparsity"] = round(prune_mod.measured_sparsity(pruned, head_names), 6)
-        name = f"pruned-{round(opts.prune * 100)}"
-        p_dir = out / name
-        _replace_dir(p_dir)
-        merge_mod.save_model(pruned, run.tokenizer, p_dir)
-        params, nonzero = tensor_counts(pruned)
-        notes.append("dense storage: zeros take space")
-        measure(Variant(name, name, pruned, params, nonzero, dir_size(p_dir), notes, {"pruning": info}))
 
-    if opts.prune_heads is not None:
-        pruned = copy.deepcopy(merged)
-        heads = prune_mod.prune_heads(pruned, opts.prune_heads)
-        info: dict[str, Any] = {"pruned_heads": heads}
-        notes = [f"{opts.prune_heads} attention heads removed (weight-norm importance)"]
-        if opts.recover_steps:
-            info.update(recover(pruned, run, splits["train"], opts.recover_steps))
-            notes.append(f"{opts.recover_steps} recovery steps")
-        name = f"heads-pruned-{opts.prune_heads}"
-        h_dir = out / name
-        _replace_dir(h_dir)
-        prune_mod.save_head_pruned(pruned, run.tokenizer, heads, h_dir)
-        params, nonzero = tensor_counts(pruned)
-        notes.append("lmtune.compress.load_head_pruned(dir)")
-        measure(Variant(name, name, pruned, params, nonzero, dir_size(h_dir), notes, {"pruning": info}))
-
-    if opts.onnx:
-        from lmtune.compress.onnx_export import MODEL_NAME, OnnxModel, export_onnx
-
-        o_dir = out / "onnx"
-        _replace_dir(o_dir)
-        samples = [b1[0], *b32[:1], *make_batches(run.task, run.tokenizer, test, 7, 1)]
-        check = export_onnx(merged, run.tokenizer, o_dir, samples, tolerance=opts.onnx_tolerance)
-        onnx_model = OnnxModel(o_dir / MODEL_NAME, getattr(merged, "config", None))
-        params, nonzero = tensor_counts(merged)
-        notes = ["onnxruntime CPU; dynamic batch and sequence axes"]
-        extra = {"onnx_max_abs_diff": float(f"{check['max_abs_diff']:.3g}")}
-        measure(Variant("onnx", "onnx", onnx_model, params, nonzero, dir_size(o_dir), notes, extra))
-
-    return _write_table(out, run, metric_name, rows, opts)
+def _primary(metrics: dict[str, Any], name: str) -> float | None:
+    value = metrics.get(name)
+    return round(float(value), 4) if isinstance(value, int | float) else None
 
 
 def _replace_dir(path: Path) -> None:

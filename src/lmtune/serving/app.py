@@ -130,6 +130,13 @@ def _read_run(run_dir: Path) -> Any:
     return RunConfig.from_yaml(run_dir / "config.yaml")
 
 
+def _saves_peft_adapter(cfg: Any) -> bool:
+    """Is the run's model a peft adapter on its base model (its method says so)?"""
+    from lmtune.methods import get_method_class
+
+    return get_method_class(cfg.method.name).supports("peft-adapter")
+
+
 class AdapterPool:
     """The served runs by name; every method that touches the model runs in the model thread."""
 
@@ -138,7 +145,8 @@ class AdapterPool:
 
         self.device = device
         self.primary = Run.load(run_dir, device)
-        self.peft_model = self.primary.model if hasattr(self.primary.model, "peft_config") else None
+        # A peft run's model is the PeftModel that adapters of the same peft type are loaded onto.
+        self.peft_model = self.primary.model if _saves_peft_adapter(self.primary.config) else None
         self.adapters: dict[str, Adapter] = {
             DEFAULT_ADAPTER: Adapter(
                 DEFAULT_ADAPTER,
@@ -186,10 +194,7 @@ class AdapterPool:
 
     def _shares_base(self, run_dir: Path, cfg: Any) -> bool:
         """Can this run be loaded onto the served PeftModel (same peft type)?"""
-        from lmtune.methods import get_method_class
-        from lmtune.methods.peft_base import PeftMethod
-
-        if self.peft_model is None or not issubclass(get_method_class(cfg.method.name), PeftMethod):
+        if self.peft_model is None or not _saves_peft_adapter(cfg):
             return False
         config_file = run_dir / "model" / "adapter_config.json"
         if not config_file.is_file():
@@ -387,6 +392,16 @@ def _text_chars(value: Any) -> int:
 
 
 # ---- the app ------------------------------------------------------------------------------------
+@dataclass
+class Served:
+    """What the routes of one app share: the adapters, the batching worker, the limits, the metrics."""
+
+    pool: AdapterPool
+    batcher: MicroBatcher
+    settings: ServeSettings
+    metrics: Metrics
+
+
 def create_app(
     run_dir: str | Path,
     adapters: dict[str, str | Path] | None = None,
@@ -395,10 +410,26 @@ def create_app(
 ) -> FastAPI:
     """Load the run (and extra adapters) and build the app; loading errors raise LmtuneError."""
     settings = settings or ServeSettings()
+    pool = _load_pool(run_dir, adapters or {}, device)
+    batcher = _make_batcher(pool, settings)
+    served = Served(pool, batcher, settings, Metrics(batcher.depth))
+    batcher.on_batch = served.metrics.observe_batch
+    app = _make_app(served)
+    _add_predict_route(app, served)
+    _add_status_routes(app, served)
+    _add_admin_routes(app, served)
+    return app
+
+
+def _load_pool(run_dir: str | Path, adapters: dict[str, str | Path], device: str | None) -> AdapterPool:
     pool = AdapterPool(run_dir, device)
-    for name, path in (adapters or {}).items():
+    for name, path in adapters.items():
         pool.load(name, path)
-    batcher = MicroBatcher(
+    return pool
+
+
+def _make_batcher(pool: AdapterPool, settings: ServeSettings) -> MicroBatcher:
+    return MicroBatcher(
         pool.run_group,
         max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms,
@@ -406,69 +437,81 @@ def create_app(
         batching=settings.batching,
         forward_batch_size=max(settings.max_batch_size, pool.primary.batch_size),
     )
-    metrics = Metrics(batcher.depth)
-    batcher.on_batch = metrics.observe_batch
-    cfg = pool.primary.config
+
+
+def _make_app(served: Served) -> FastAPI:
+    """The FastAPI app without routes: the batcher's lifespan, `app.state`, the guard middleware."""
+    cfg = served.pool.primary.config
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await batcher.start()
+        await served.batcher.start()
         try:
             yield
         finally:
-            await batcher.stop()
+            await served.batcher.stop()
 
     app = FastAPI(
         title="lmtune server",
         description=f"Predictions of an lmtune run: task `{cfg.task.type}`, base model `{cfg.model.name}`.",
         lifespan=lifespan,
     )
-    app.state.pool = pool
-    app.state.batcher = batcher
-    app.state.settings = settings
-    app.state.metrics = metrics
+    app.state.pool = served.pool
+    app.state.batcher = served.batcher
+    app.state.settings = served.settings
+    app.state.metrics = served.metrics
     app.add_middleware(
         _GuardMiddleware,
-        max_body_bytes=settings.max_body_bytes,
-        metrics=metrics,
+        max_body_bytes=served.settings.max_body_bytes,
+        metrics=served.metrics,
         paths=lambda: {getattr(route, "path", "") for route in app.routes},
     )
+    return app
 
-    @app.post(
-        "/predict",
-        response_model=PredictResponse,
-        responses={
-            404: {"description": "Unknown adapter"},
-            413: {"description": "Too many items or characters"},
-            422: {"description": "Invalid request, input or option"},
-            503: {"description": "Queue full (see Retry-After)"},
-            504: {"description": "Timed out"},
-        },
-    )
+
+# ---- routes -------------------------------------------------------------------------------------
+PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"description": "Unknown adapter"},
+    413: {"description": "Too many items or characters"},
+    422: {"description": "Invalid request, input or option"},
+    503: {"description": "Queue full (see Retry-After)"},
+    504: {"description": "Timed out"},
+}
+
+
+def _checked_request(
+    served: Served, body: PredictRequest
+) -> tuple[str, Adapter, list[dict[str, Any]], dict[str, Any]]:
+    """(adapter name, adapter, items, options) of a request, or the HTTPException that refuses it."""
+    settings = served.settings
+    name = body.adapter or DEFAULT_ADAPTER
+    try:
+        adapter = served.pool.get(name)
+    except UnknownAdapterError as exc:
+        raise HTTPException(404, str(exc)) from None
+    if len(body.texts) > settings.max_request_items:
+        raise HTTPException(413, f"{len(body.texts)} items; at most {settings.max_request_items} per request")
+    chars = _text_chars(body.texts)
+    if chars > settings.max_text_chars:
+        raise HTTPException(413, f"{chars} characters; at most {settings.max_text_chars} per request")
+    items = [t if isinstance(t, dict) else {"text": t} for t in body.texts]
+    try:
+        for i, item in enumerate(items):
+            adapter.run.task.check_input(i, item)
+        options = adapter.run.task.predict_options(body.options).model_dump(mode="json")
+    except LmtuneError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return name, adapter, items, options
+
+
+def _add_predict_route(app: FastAPI, served: Served) -> None:
+    @app.post("/predict", response_model=PredictResponse, responses=PREDICT_RESPONSES)
     async def predict(body: PredictRequest) -> dict[str, Any]:
         """Predict for a list of inputs with the chosen adapter; output rows are task-shaped."""
-        name = body.adapter or DEFAULT_ADAPTER
-        try:
-            adapter = pool.get(name)
-        except UnknownAdapterError as exc:
-            raise HTTPException(404, str(exc)) from None
-        if len(body.texts) > settings.max_request_items:
-            raise HTTPException(
-                413, f"{len(body.texts)} items; at most {settings.max_request_items} per request"
-            )
-        chars = _text_chars(body.texts)
-        if chars > settings.max_text_chars:
-            raise HTTPException(413, f"{chars} characters; at most {settings.max_text_chars} per request")
-        items = [t if isinstance(t, dict) else {"text": t} for t in body.texts]
-        try:
-            for i, item in enumerate(items):
-                adapter.run.task.check_input(i, item)
-            options = adapter.run.task.predict_options(body.options).model_dump(mode="json")
-        except LmtuneError as exc:
-            raise HTTPException(422, str(exc)) from None
+        name, adapter, items, options = _checked_request(served, body)
         key = json.dumps(options, sort_keys=True)
         try:
-            predictions = await batcher.submit(name, items, options, key, settings.timeout_s)
+            predictions = await served.batcher.submit(name, items, options, key, served.settings.timeout_s)
         except QueueFullError as exc:
             raise HTTPException(503, f"server busy: {exc}", headers={"Retry-After": "1"}) from None
         except BatcherStoppedError as exc:
@@ -481,10 +524,15 @@ def create_app(
             raise HTTPException(422, str(exc)) from None
         return {"predictions": predictions, "adapter": name, "model": adapter.run.config.model.name}
 
+
+def _add_status_routes(app: FastAPI, served: Served) -> None:
+    """/health, /info and /metrics."""
+    pool, cfg = served.pool, served.pool.primary.config
+
     @app.get("/health")
     async def health() -> JSONResponse:
         """200 while the batching worker runs, 503 otherwise."""
-        ok = batcher.running
+        ok = served.batcher.running
         return JSONResponse({"status": "ok" if ok else "down"}, status_code=200 if ok else 503)
 
     @app.get("/info")
@@ -499,7 +547,7 @@ def create_app(
             "adapters": {
                 name: {**a.info, "shared_base_model": a.shared} for name, a in sorted(pool.adapters.items())
             },
-            "limits": settings.limits(),
+            "limits": served.settings.limits(),
         }
 
     @app.get("/metrics", response_class=Response)
@@ -507,9 +555,11 @@ def create_app(
         """Prometheus text format."""
         from prometheus_client import CONTENT_TYPE_LATEST
 
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(served.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    # ---- admin -------------------------------------------------------------------------------
+
+def _admin_guard(settings: ServeSettings) -> Callable[..., Any]:
+    """The dependency of the admin routes: 403 without a configured token, 401 for a wrong one."""
     bearer = HTTPBearer(auto_error=False)
 
     async def require_admin(
@@ -523,7 +573,13 @@ def create_app(
         if not hmac.compare_digest(given.encode(), settings.admin_token.encode()):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    admin = [Depends(require_admin)]
+    return require_admin
+
+
+def _add_admin_routes(app: FastAPI, served: Served) -> None:
+    """POST /admin/adapters and DELETE /admin/adapters/{name}; both run in the model thread."""
+    pool, batcher = served.pool, served.batcher
+    admin = [Depends(_admin_guard(served.settings))]
 
     @app.post("/admin/adapters", dependencies=admin, status_code=201)
     async def add_adapter(body: AdapterRequest) -> dict[str, Any]:
@@ -546,5 +602,3 @@ def create_app(
         except LmtuneError as exc:
             raise HTTPException(422, str(exc)) from None
         return {"removed": name, "adapters": pool.names()}
-
-    return app
