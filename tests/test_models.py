@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lmtune.errors import LmtuneError
-from lmtune.models import PACKAGED_MODELS, list_models, resolve_model
+from lmtune.models import PACKAGED_MODELS, list_models, packaged_hub_id, resolve_model
 
 
 def test_packaged_by_name_and_hub_id():
@@ -16,6 +16,18 @@ def test_packaged_by_name_and_hub_id():
     assert by_name.source == by_hub.source == "packaged"
     assert by_name.path == by_hub.path
     assert (Path(by_name.path) / "model.safetensors").exists()
+
+
+def test_a_packaged_model_directory_maps_back_to_its_hub_id(tiny_bert, tmp_path, monkeypatch):
+    minilm = resolve_model("all-MiniLM-L6-v2").path
+    assert packaged_hub_id(minilm) == packaged_hub_id(Path(minilm) / ".." / "model")
+    assert packaged_hub_id(minilm) == "sentence-transformers/all-MiniLM-L6-v2"
+    # A converted GGUF model lives in lmtune's cache (not converted here: only its path counts).
+    monkeypatch.setenv("LMTUNE_CACHE", str(tmp_path))
+    converted = tmp_path / "models" / "SmolLM2-135M-Instruct"
+    assert packaged_hub_id(converted) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    for other in (tiny_bert, str(tmp_path), "sentence-transformers/all-MiniLM-L6-v2", "", None):
+        assert packaged_hub_id(other) is None
 
 
 def test_local_directory(tiny_bert):

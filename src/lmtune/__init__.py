@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from lmtune._version import __version__
 from lmtune.config import RunConfig
+from lmtune.deferred_bitsandbytes import defer_bitsandbytes
 from lmtune.errors import LmtuneError
+
+# peft (which transformers imports whenever it is installed) would import bitsandbytes at once,
+# and it logs a kernel warning on CPUs: keep it out until a 4-bit layer needs it.
+defer_bitsandbytes()
 
 if TYPE_CHECKING:
     from lmtune.run import Run

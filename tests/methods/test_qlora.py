@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
 import torch
+from tests.conftest import fast_config
 
 from lmtune.methods.qlora import KEEP_FULL_PRECISION, QloraOptions, quantize_linear_layers
 
@@ -43,5 +51,46 @@ def test_a_4bit_run_is_not_merged_into_its_quantized_base(minilm_path):
     model = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2)
     quantize_linear_layers(model, QloraOptions(), KEEP_FULL_PRECISION)
     model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", target_modules="all-linear"))
-    with pytest.raises(LmtuneError, match="quantized base"):
+    with pytest.raises(LmtuneError, match=r"trained on a quantized \(4-bit\) base"):
         merge(model, "qlora")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
+def test_qlora_imports_bitsandbytes_after_a_process_deferred_it(tiny_bert, sentiment_files, tmp_path):
+    """A fresh process defers bitsandbytes (as `import lmtune` does) and trains LoRA without it;
+    qlora then imports it, and peft sees it as after an eager import: `peft.helpers.bnb` is the
+    module and peft's availability checks say yes. The reloaded run is 4-bit and predicts the same."""
+    lora = fast_config(tiny_bert, sentiment_files, tmp_path / "lora", train={"epochs": 1})
+    qlora = fast_config(tiny_bert, sentiment_files, tmp_path / "qlora", method="qlora", train={"epochs": 1})
+    code = f"""
+import json, sys
+from lmtune.deferred_bitsandbytes import defer_bitsandbytes
+defer_bitsandbytes()
+import lmtune
+lmtune.train({lora!r})
+before = "bitsandbytes" in sys.modules
+run = lmtune.train({qlora!r})
+import bitsandbytes, peft.helpers, peft.import_utils
+reloaded = lmtune.load_run(run.directory)
+texts = ["the film was great", "this book was dreadful"]
+print(json.dumps({{
+    "before": before,
+    "helpers_bnb": peft.helpers.bnb is bitsandbytes,
+    "peft_sees_4bit": peft.import_utils.is_bnb_4bit_available(),
+    "layers_4bit": sum(isinstance(m, bitsandbytes.nn.Linear4bit) for m in reloaded.model.modules()),
+    "trained": run.predict(texts),
+    "reloaded": reloaded.predict(texts),
+}}))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["before"] is False, "training LoRA imported bitsandbytes"
+    assert report["helpers_bnb"] and report["peft_sees_4bit"]
+    assert report["layers_4bit"] == 2 * 6  # q, k, v, attention output, FFN in and out in 2 layers
+    for a, b in zip(report["trained"], report["reloaded"], strict=True):
+        assert a["label"] == b["label"]
+        assert a["scores"] == pytest.approx(b["scores"], abs=1e-4)
