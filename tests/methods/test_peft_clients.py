@@ -149,6 +149,8 @@ def test_a_plain_peft_client_gets_the_run_labels_and_probabilities(tiny_bert, tm
     assert client["base"] == str(Path(tiny_bert).resolve())  # not packaged: the path stays
     assert client["id2label"] == {str(i): label for i, label in enumerate(run.task.labels)}
     np.testing.assert_allclose(client["probs"], lmtune_probs(run), atol=1e-5)
+    card = (run.directory / "README.md").read_text()  # the run's model card shows that call
+    assert "AutoPeftModelForSequenceClassification.from_pretrained(" in card and HEAD_CONFIG_NAME in card
 
 
 def test_lmtune_loads_the_base_from_its_config_not_the_adapter_config(tiny_bert, sentiment_files, tmp_path):

@@ -10,6 +10,7 @@ from typing import Any
 from lmtune.config import RunConfig
 from lmtune.evaluation.plots import training_curves_png
 from lmtune.io import write_text
+from lmtune.models import find_packaged
 
 HEADLINE = (
     "accuracy",
@@ -154,13 +155,43 @@ def _data_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+# peft's auto class for each peft task type whose head carries labels.
+_PEFT_AUTO_CLASSES = {
+    "SEQ_CLS": "AutoPeftModelForSequenceClassification",
+    "TOKEN_CLS": "AutoPeftModelForTokenClassification",
+}
+
+
+def _plain_peft_usage(cfg: RunConfig, run_dir: Path) -> str:
+    """How a plain peft client gets the run's labels (from `model/head_config.json`)."""
+    from lmtune.tasks import get_task_class
+
+    auto_class = _PEFT_AUTO_CLASSES.get(get_task_class(cfg.task.type).peft_task_type or "")
+    if auto_class is None or not cfg.data.labels:
+        return ""
+    return f"""
+`model/head_config.json` holds the head's labels for plain peft clients:
+
+```python
+from peft import {auto_class}
+from transformers import AutoConfig
+head = AutoConfig.from_pretrained("{run_dir}/model/head_config.json")
+model = {auto_class}.from_pretrained(
+    "{run_dir}/model", id2label=head.id2label, label2id=head.label2id
+)
+```"""
+
+
 def write_model_card(
     run_dir: Path, cfg: RunConfig, metrics: dict[str, Any], method_saves_adapter: bool
 ) -> None:
     test = metrics.get("test", {})
     headline = ", ".join(f"{k} {test[k]:.4f}" for k in HEADLINE if isinstance(test.get(k), float))
     labels = cfg.data.labels or []
+    packaged = find_packaged(cfg.model.name)
+    base_id = packaged.hub_id if packaged is not None else cfg.model.name
     if method_saves_adapter:
+        plain_peft = _plain_peft_usage(cfg, run_dir)
         usage = f"""```python
 import lmtune
 run = lmtune.load_run("{run_dir}")
@@ -168,7 +199,7 @@ print(run.predict(["an example text"]))
 ```
 
 The adapter in `model/` is in peft's format (`PeftModel.from_pretrained(base_model, "model")`), with
-the task head saved beside it; the base model is `{cfg.model.name}` with {len(labels)} labels."""
+the task head saved beside it; the base model is `{base_id}` with {len(labels)} labels.{plain_peft}"""
     else:
         usage = f"""```python
 import lmtune
@@ -182,7 +213,7 @@ tokenizer = AutoTokenizer.from_pretrained("{run_dir}/model")
 ```"""
     text = f"""---
 library_name: {"peft" if method_saves_adapter else "transformers"}
-base_model: {cfg.model.name}
+base_model: {base_id}
 tags: [lmtune, {cfg.task.type}, {cfg.method.name}]
 ---
 

@@ -177,13 +177,15 @@ class _AdapterMethod(Method, capabilities={"fixed-trainable-set", "multi-task"})
             if param.requires_grad or f"{ADAPTER_NAME}." in name
         }
         save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-        config = getattr(model, "config", None)
+        from lmtune.models import packaged_hub_id
+
+        base = getattr(getattr(model, "config", None), "_name_or_path", None)
         (directory / CONFIG_NAME).write_text(
             json.dumps(
                 {
                     "method": self.name,
                     "options": self.options.model_dump(),
-                    "base_model": getattr(config, "_name_or_path", None),
+                    "base_model": packaged_hub_id(base) or base,
                 },
                 indent=2,
             )
