@@ -137,6 +137,42 @@ def test_sweep_refuses_a_changed_space(tiny_bert: str, sentiment_files: dict, tm
         )
 
 
+def test_parallel_trials_log_into_the_sweeps_store_handed_to_them(
+    tiny_bert: str, sentiment_files: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two trials in threads (n_jobs=2): both log into the sweep's MLflow store, which their
+    trackers get as an argument, not through the process environment."""
+    mlflow = pytest.importorskip("mlflow")
+    import os
+
+    from lmtune.training import tracking
+
+    monkeypatch.delenv(tracking.TRACKING_DIR_ENV, raising=False)
+    monkeypatch.delenv(tracking.EXPERIMENT_ENV, raising=False)
+    seen_env: list[str | None] = []
+    original = tracking.scoped_env
+
+    def spying_scoped_env(values):
+        seen_env.append(os.environ.get(tracking.TRACKING_DIR_ENV))
+        return original(values)
+
+    monkeypatch.setattr(tracking, "scoped_env", spying_scoped_env)
+    out = tmp_path / "sweep"
+    space = {"train.learning_rate": {"type": "categorical", "choices": [1e-3, 2e-3]}}
+    raw = _sweep_raw(tiny_bert, sentiment_files, tmp_path, sampler="grid", space=space)
+    raw["train"]["report_to"] = ["mlflow"]
+    summary = sweep(raw, out, n_jobs=2)
+
+    assert [t["state"] for t in summary["trials"]] == ["complete", "complete"]
+    assert seen_env == [None, None]  # both trackers set up, neither through LMTUNE_TRACKING_DIR
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{out.resolve() / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(f"sweep-{out.name}")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert not list(out.glob("trial-*/mlflow.db"))  # nothing in the trials' own directories
+    assert tracking.TRACKING_DIR_ENV not in os.environ
+
+
 @pytest.mark.slow
 def test_sweep_cli_on_minilm(minilm_path: str, sentiment_files: dict, tmp_path: Path) -> None:
     from typer.testing import CliRunner

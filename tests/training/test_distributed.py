@@ -148,23 +148,3 @@ def test_two_cpu_processes_match_one_at_the_same_global_batch(minilm_path, senti
             assert mine["grad_norm"] == pytest.approx(theirs["grad_norm"], rel=0.02)
     reloaded = lmtune.load_run(run_dir)
     assert reloaded.predict(["the film was wonderful"])[0]["label"] in ("positive", "negative")
-
-
-def test_only_causal_lms_get_their_loss_scaled_by_the_process_count():
-    """Trainer multiplies the loss by the process count for models it thinks divide by the item count."""
-    from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
-
-    from lmtune.training.trainer import _loss_counts_items
-
-    bert = BertForSequenceClassification(
-        BertConfig(
-            vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8
-        )
-    )
-    llama = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8
-        )
-    )
-    assert not _loss_counts_items(bert)
-    assert _loss_counts_items(llama)

@@ -1,4 +1,5 @@
-"""LmtuneTrainer's causal-LM loss on labelled positions only: the same loss and gradients."""
+"""LmtuneTrainer: the causal-LM loss on labelled positions only (the same loss and gradients),
+what the task's and the method's capabilities switch on, and the length-grouped order."""
 
 from __future__ import annotations
 
@@ -35,11 +36,14 @@ def sft_batch(tokenizer) -> dict[str, torch.Tensor]:
     }
 
 
-def trainer_for(model, tmp_path) -> LmtuneTrainer:
+def trainer_for(model, tmp_path, task: str = "causal-lm", method: str = "lora") -> LmtuneTrainer:
     from transformers import TrainingArguments
 
+    from lmtune.methods import get_method_class
+    from lmtune.tasks import get_task_class
+
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
-    return LmtuneTrainer(model=model, args=args)
+    return LmtuneTrainer(model=model, args=args, task=get_task_class(task), method=get_method_class(method))
 
 
 @pytest.mark.parametrize("num_items", [None, 37])
@@ -67,20 +71,45 @@ def test_loss_and_gradients_equal_the_models_own(smollm, tmp_path, num_items):
     model.zero_grad()
 
 
-def test_prompt_learning_and_encoders_keep_the_full_logits(smollm, minilm_path):
+def test_prompt_learning_and_encoders_keep_the_full_logits(smollm, minilm_path, tmp_path):
     from peft import LoraConfig, PromptTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     model, _ = smollm
     assert _can_select_logits(model)
     lora = get_peft_model(AutoModelForCausalLM.from_config(model.config), LoraConfig(task_type="CAUSAL_LM"))
-    assert _can_select_logits(lora)
+    assert _can_select_logits(lora) and trainer_for(lora, tmp_path).labelled_logits_only
     prompt = get_peft_model(
         AutoModelForCausalLM.from_config(model.config),
         PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
     )
-    assert not _can_select_logits(prompt)
-    assert not _can_select_logits(AutoModelForSequenceClassification.from_pretrained(minilm_path))
+    # The method declares virtual tokens: its positions are not the input's.
+    assert not trainer_for(prompt, tmp_path, method="prompt-tuning").labelled_logits_only
+    assert not trainer_for(prompt, tmp_path, method="prefix-tuning").labelled_logits_only
+    encoder = AutoModelForSequenceClassification.from_pretrained(minilm_path)
+    assert not _can_select_logits(encoder)
+    # A task without the capability never selects logits, even on a decoder that could.
+    assert not trainer_for(model, tmp_path, task="classification").labelled_logits_only
+    # Without a task or a method nothing is assumed.
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    assert not LmtuneTrainer(model=model, args=args).labelled_logits_only
+
+
+def test_only_tasks_counting_items_get_their_loss_scaled_by_the_process_count(tmp_path):
+    """Trainer multiplies the loss by the process count for models it thinks divide by the item count:
+    that is the task's "loss-counts-items" capability, not the model's class."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8
+        )
+    )
+    assert trainer_for(llama, tmp_path).model_accepts_loss_kwargs
+    # The same decoder under a task that does not declare it (a plain mean loss) is not scaled.
+    assert not trainer_for(llama, tmp_path, task="classification").model_accepts_loss_kwargs
 
 
 def test_length_groups_keep_their_padding_but_not_the_saw_tooth_order():
@@ -106,3 +135,45 @@ def test_length_groups_keep_their_padding_but_not_the_saw_tooth_order():
     falls = sum(a >= b for a, b in itertools.pairwise(longest)) / (len(longest) - 1)
     assert falls < 0.8
     assert order == shuffled_length_groups(lengths, 16, torch.Generator().manual_seed(5))
+
+
+def test_each_micro_batch_gets_its_own_dropout_key(tmp_path):
+    """The fast-dropout masks of a step are keyed by (seed, step, micro-step, process): the micro-batches
+    of one accumulated step must not share masks, and a resumed run reproduces the keys."""
+    from datasets import Dataset
+    from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
+
+    from lmtune.methods import get_method_class
+    from lmtune.tasks import get_task_class
+    from lmtune.training import fast_dropout
+
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8
+        )
+    )
+    fast_dropout.install(model)
+    rows = [{"input_ids": [1, 2, 3], "attention_mask": [1, 1, 1], "labels": i % 2} for i in range(8)]
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        report_to="none",
+        use_cpu=True,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        save_strategy="no",
+        seed=5,
+    )
+    trainer = LmtuneTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        task=get_task_class("classification"),
+        method=get_method_class("full"),
+    )
+    assert trainer.dropout_rng is fast_dropout.rng_of(model)
+    keys = []
+    start_step = trainer.dropout_rng.start_step
+    trainer.dropout_rng.start_step = lambda *key: (keys.append(key), start_step(*key))[1]
+    trainer.train()
+    assert keys == [(5, 0, 0, 0), (5, 0, 1, 0), (5, 1, 0, 0), (5, 1, 1, 0)]

@@ -16,12 +16,14 @@ from __future__ import annotations
 import copy
 import csv
 import fcntl
+import functools
 import hashlib
 import json
 import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -230,14 +232,25 @@ def load_sweep_config(
     return apply_overrides(raw, overrides or [])
 
 
-def sweep(
-    raw: dict[str, Any], output_dir: str | Path, n_jobs: int = 1, source: str = "config"
-) -> dict[str, Any]:
-    """Run (or resume) the sweep described by `raw` (a run config with a `sweep:` section)."""
-    import optuna
+@dataclass(frozen=True)
+class SweepPlan:
+    """What one sweep invocation decided from its config, before it touches the study."""
 
-    from lmtune.training.tracking import EXPERIMENT_ENV, TRACKING_DIR_ENV, scoped_env
+    base: dict[str, Any]  # the run config without its `sweep:` section
+    sweep: SweepConfig
+    out: Path
+    metric: str
+    direction: str
+    total: int  # trials the study holds when the sweep is done (resumed ones count)
+    key: str  # identifies the base config and the space: a changed sweep is refused
 
+    @property
+    def experiment(self) -> str:
+        return f"sweep-{self.out.resolve().name}"
+
+
+def plan_sweep(raw: dict[str, Any], output_dir: str | Path, source: str = "config") -> SweepPlan:
+    """Validate `raw` (a run config with a `sweep:` section) and resolve what the sweep runs."""
     cfg = RunConfig.from_dict(raw, source=source)
     if cfg.sweep is None:
         raise LmtuneError(
@@ -263,76 +276,98 @@ def sweep(
         total = min(sweep_cfg.n_trials or size, size)
     else:
         total = sweep_cfg.n_trials or DEFAULT_TRIALS
+    return SweepPlan(base, sweep_cfg, out, metric, direction, total, _study_key(base, sweep_cfg))
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with _exclusive(out):
-        storage = optuna.storages.RDBStorage(f"sqlite:///{(out / 'study.db').resolve()}")
-        study = optuna.create_study(
-            study_name=STUDY_NAME,
-            storage=storage,
-            sampler=_sampler(sweep_cfg),
-            pruner=_pruner(sweep_cfg),
-            direction=direction,
-            load_if_exists=True,
+
+def open_study(plan: SweepPlan) -> Any:
+    """Create the study in `out/study.db`, or load it, refusing one of another config or space."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(plan.out / 'study.db').resolve()}")
+    study = optuna.create_study(
+        study_name=STUDY_NAME,
+        storage=storage,
+        sampler=_sampler(plan.sweep),
+        pruner=_pruner(plan.sweep),
+        direction=plan.direction,
+        load_if_exists=True,
+    )
+    known = study.user_attrs.get("key")
+    if known is None:
+        study.set_user_attr("key", plan.key)
+        study.set_user_attr("metric", plan.metric)
+    elif known != plan.key:
+        raise LmtuneError(
+            f"{plan.out} holds a sweep with a different config or search space",
+            hint="choose another --output-dir (only n_trials and timeout_s may change to extend a sweep)",
         )
-        key = _study_key(base, sweep_cfg)
-        known = study.user_attrs.get("key")
-        if known is None:
-            study.set_user_attr("key", key)
-            study.set_user_attr("metric", metric)
-        elif known != key:
-            raise LmtuneError(
-                f"{out} holds a sweep with a different config or search space",
-                hint="choose another --output-dir (only n_trials and timeout_s may change to extend a sweep)",
-            )
+    return study
+
+
+def run_trial(plan: SweepPlan, trial: Any) -> float:
+    """Optuna's objective: train one trial's run directory, return its validation metric."""
+    from lmtune.run import train
+    from lmtune.training.tracking import tracking_callbacks
+
+    params, skipped = suggest(trial, plan.sweep.space, plan.base)
+    run_dir = Path(trial.user_attrs.get("resume_dir") or plan.out / f"trial-{trial.number:03d}")
+    trial.set_user_attr("run_dir", str(run_dir))
+    if skipped:
+        trial.set_user_attr("skipped", skipped)
+    try:
+        cfg = trial_config(plan.base, params, run_dir)
+        # Every trial logs into the sweep's own store, handed to its trackers (threads share no env).
+        trackers = tracking_callbacks(cfg.train.report_to, run_dir, plan.out, plan.experiment)
+        run = train(cfg, callbacks=[pruning_callback(trial, plan.metric), *trackers])
+    except LmtuneError as exc:
+        trial.set_user_attr("error", str(exc))
+        raise
+    except KeyboardInterrupt:
+        trial.set_user_attr("interrupted", True)
+        raise
+    validation = run.metrics.get("validation", {})
+    if plan.metric not in validation:
+        raise LmtuneError(
+            f"{run_dir}: the validation metrics have no '{plan.metric}'",
+            hint="set train.metric_for_best_model to one of: " + ", ".join(validation),
+        )
+    trial.set_user_attr("validation", {k: v for k, v in validation.items() if isinstance(v, int | float)})
+    trial.set_user_attr("runtime_s", run.metrics.get("train", {}).get("runtime_s"))
+    return float(validation[plan.metric])
+
+
+def run_trials(study: Any, plan: SweepPlan, n_jobs: int = 1) -> None:
+    """Run the trials the study still lacks (`n_jobs` at a time, in threads)."""
+    remaining = max(0, plan.total - _finished(study))
+    if remaining:
+        study.optimize(
+            functools.partial(run_trial, plan),
+            n_trials=remaining,
+            timeout=plan.sweep.timeout_s,
+            n_jobs=n_jobs,
+            catch=(LmtuneError,),
+            gc_after_trial=True,
+        )
+
+
+def sweep(
+    raw: dict[str, Any], output_dir: str | Path, n_jobs: int = 1, source: str = "config"
+) -> dict[str, Any]:
+    """Run (or resume) the sweep described by `raw` (a run config with a `sweep:` section)."""
+    import optuna
+
+    from lmtune.search.plots import sweep_plots
+
+    plan = plan_sweep(raw, output_dir, source)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with _exclusive(plan.out):
+        study = open_study(plan)
         recovered = _recover_killed(study)
-
-        from lmtune.run import train
-
-        def objective(trial: Any) -> float:
-            params, skipped = suggest(trial, sweep_cfg.space, base)
-            run_dir = Path(trial.user_attrs.get("resume_dir") or out / f"trial-{trial.number:03d}")
-            trial.set_user_attr("run_dir", str(run_dir))
-            if skipped:
-                trial.set_user_attr("skipped", skipped)
-            try:
-                run = train(trial_config(base, params, run_dir), callbacks=[pruning_callback(trial, metric)])
-            except LmtuneError as exc:
-                trial.set_user_attr("error", str(exc))
-                raise
-            except KeyboardInterrupt:
-                trial.set_user_attr("interrupted", True)
-                raise
-            validation = run.metrics.get("validation", {})
-            if metric not in validation:
-                raise LmtuneError(
-                    f"{run_dir}: the validation metrics have no '{metric}'",
-                    hint="set train.metric_for_best_model to one of: " + ", ".join(validation),
-                )
-            trial.set_user_attr(
-                "validation", {k: v for k, v in validation.items() if isinstance(v, int | float)}
-            )
-            trial.set_user_attr("runtime_s", run.metrics.get("train", {}).get("runtime_s"))
-            return float(validation[metric])
-
-        remaining = max(0, total - _finished(study))
         started = time.perf_counter()
-        if remaining:
-            env = {TRACKING_DIR_ENV: str(out.resolve()), EXPERIMENT_ENV: f"sweep-{out.resolve().name}"}
-            with scoped_env(env):
-                study.optimize(
-                    objective,
-                    n_trials=remaining,
-                    timeout=sweep_cfg.timeout_s,
-                    n_jobs=n_jobs,
-                    catch=(LmtuneError,),
-                    gc_after_trial=True,
-                )
-        summary = write_summary(study, out, metric, direction, sweep_cfg)
-        summary["recovered_killed_trials"] = recovered
-        summary["seconds_this_invocation"] = round(time.perf_counter() - started, 1)
-        write_json(out / "sweep.json", summary)
-        return summary
+        run_trials(study, plan, n_jobs)
+        plots = sweep_plots(study, plan.out)
+        outcome = collect_outcome(study, plan, recovered, time.perf_counter() - started)
+        return write_artefacts(outcome, plan, plots)
 
 
 # ---- results -------------------------------------------------------------------------------------
@@ -370,57 +405,67 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def write_summary(
-    study: Any, out: Path, metric: str, direction: str, sweep_cfg: SweepConfig
-) -> dict[str, Any]:
-    """summary.md / summary.csv of all trials, best.yaml, plots; returns what sweep.json holds."""
-    from lmtune.search.plots import sweep_plots
+@dataclass(frozen=True)
+class SweepOutcome:
+    """What the study holds after this invocation, read once; the artefacts are written from it."""
 
+    rows: list[dict[str, Any]]  # one per trial, as `_trial_rows` makes them
+    best: dict[str, Any] | None  # the best completed trial with its test metrics, or None
+    best_config: dict[str, Any] | None  # that trial's resolved config, retargeted to out/best
+    recovered: list[int]  # trials a killed process had left RUNNING
+    seconds: float
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted({k for r in self.rows for k in r["params"]})
+
+
+def collect_outcome(study: Any, plan: SweepPlan, recovered: list[int], seconds: float) -> SweepOutcome:
     rows = _trial_rows(study)
-    keys = sorted({k for r in rows for k in r["params"]})
-    with open(out / "summary.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["trial", "state", f"validation_{metric}", *keys, "duration_s", "run_dir", "note"])
-        for r in rows:
-            writer.writerow(
-                [
-                    r["trial"],
-                    r["state"],
-                    r["value"],
-                    *(r["params"].get(k) for k in keys),
-                    r["duration_s"],
-                    r["run_dir"],
-                    r["note"],
-                ]
-            )
-    best: dict[str, Any] | None = None
-    completed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    if completed:
-        bt = study.best_trial
-        run_dir = Path(bt.user_attrs["run_dir"])
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-        best = {
-            "trial": bt.number,
-            "params": dict(bt.params),
-            f"validation_{metric}": bt.value,
-            "run_dir": str(run_dir),
-            # The test split is looked at once, for the trial the validation metric picked.
-            "test": {k: v for k, v in metrics.get("test", {}).items() if isinstance(v, int | float)},
-        }
-        resolved = load_yaml(run_dir / "config.yaml")
-        resolved["output_dir"] = str(out / "best")
-        write_text(out / "best.yaml", yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
-    plots = sweep_plots(study, out)
+    if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
+        return SweepOutcome(rows, None, None, recovered, seconds)
+    bt = study.best_trial
+    run_dir = Path(bt.user_attrs["run_dir"])
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    best = {
+        "trial": bt.number,
+        "params": dict(bt.params),
+        f"validation_{plan.metric}": bt.value,
+        "run_dir": str(run_dir),
+        # The test split is looked at once, for the trial the validation metric picked.
+        "test": {k: v for k, v in metrics.get("test", {}).items() if isinstance(v, int | float)},
+    }
+    resolved = load_yaml(run_dir / "config.yaml")
+    resolved["output_dir"] = str(plan.out / "best")
+    return SweepOutcome(rows, best, resolved, recovered, seconds)
 
+
+def summary_table(outcome: SweepOutcome, metric: str) -> list[list[Any]]:
+    """summary.csv: a header and one row per trial."""
+    keys = outcome.keys
+    table: list[list[Any]] = [
+        ["trial", "state", f"validation_{metric}", *keys, "duration_s", "run_dir", "note"]
+    ]
+    for r in outcome.rows:
+        params = [r["params"].get(k) for k in keys]
+        table.append([r["trial"], r["state"], r["value"], *params, r["duration_s"], r["run_dir"], r["note"]])
+    return table
+
+
+def summary_markdown(outcome: SweepOutcome, plan: SweepPlan, plots: dict[str, str]) -> str:
+    """summary.md: every trial, the best one with its test metrics, the plots."""
+    keys, metric = outcome.keys, plan.metric
     lines = [
-        f"# Sweep: {len(rows)} trials, {sweep_cfg.sampler} sampler, {direction} validation {metric}\n",
+        f"# Sweep: {len(outcome.rows)} trials, {plan.sweep.sampler} sampler, {plan.direction} "
+        f"validation {metric}\n",
         f"| trial | state | validation {metric} | " + " | ".join(keys) + " | time (s) | note |",
         "|---:|---|---:|" + "---|" * len(keys) + "---:|---|",
     ]
-    for r in rows:
+    for r in outcome.rows:
         cells = [str(r["trial"]), r["state"], _fmt(r["value"]), *(_fmt(r["params"].get(k)) for k in keys)]
         lines.append("| " + " | ".join([*cells, _fmt(r["duration_s"]), r["note"] or ""]) + " |")
     lines.append("")
+    best = outcome.best
     if best:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items())
         test = ", ".join(f"{k} {_fmt(v)}" for k, v in best["test"].items() if k != "n") or "no test split"
@@ -434,12 +479,27 @@ def write_summary(
         lines.append("No trial completed.\n")
     for name, info in plots.items():
         lines.append(f"![{name}]({Path(info).name})" if info.endswith(".png") else f"{name}: {info}")
-    write_text(out / "summary.md", "\n".join(lines) + "\n")
-    return {
-        "metric": metric,
-        "direction": direction,
-        "sampler": sweep_cfg.sampler,
-        "trials": rows,
-        "best": best,
+    return "\n".join(lines) + "\n"
+
+
+def write_artefacts(outcome: SweepOutcome, plan: SweepPlan, plots: dict[str, str]) -> dict[str, Any]:
+    """summary.csv, summary.md, best.yaml and sweep.json; returns what sweep.json holds."""
+    out = plan.out
+    with open(out / "summary.csv", "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(summary_table(outcome, plan.metric))
+    if outcome.best_config is not None:
+        text = yaml.safe_dump(outcome.best_config, sort_keys=False, allow_unicode=True)
+        write_text(out / "best.yaml", text)
+    write_text(out / "summary.md", summary_markdown(outcome, plan, plots))
+    summary = {
+        "metric": plan.metric,
+        "direction": plan.direction,
+        "sampler": plan.sweep.sampler,
+        "trials": outcome.rows,
+        "best": outcome.best,
         "plots": plots,
+        "recovered_killed_trials": outcome.recovered,
+        "seconds_this_invocation": round(outcome.seconds, 1),
     }
+    write_json(out / "sweep.json", summary)
+    return summary

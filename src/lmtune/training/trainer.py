@@ -32,13 +32,7 @@ def training_arguments(
 
     t = cfg.train
     precision = resolve_precision(t.precision, cpu_bf16=cpu_bf16)
-    evaluating = t.eval_strategy != "no"
-    # Picking the best checkpoint needs a checkpoint at every evaluation.
-    load_best = (
-        evaluating
-        and t.save_strategy == t.eval_strategy
-        and (t.eval_strategy != "steps" or t.save_steps == t.eval_steps)
-    )
+    load_best = _can_load_best(t)
     # TensorBoard, MLflow and W&B are attached by `build_trainer` so their logs stay in the run
     # (training/tracking.py); other trackers go through transformers' own `report_to`.
     report_to = [r for r in t.report_to if r not in ("none", "tensorboard", "mlflow", "wandb")] or "none"
@@ -92,6 +86,15 @@ def training_arguments(
     )
 
 
+def _can_load_best(t: Any) -> bool:
+    """Picking the best checkpoint needs a checkpoint at every evaluation."""
+    return (
+        t.eval_strategy != "no"
+        and t.save_strategy == t.eval_strategy
+        and (t.eval_strategy != "steps" or t.save_steps == t.eval_steps)
+    )
+
+
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     """Trainer's length-grouped order, drawn from a generator seeded by (seed, epoch).
 
@@ -139,26 +142,52 @@ def shuffled_length_groups(lengths: list[int], batch_size: int, generator: torch
 
 
 class LmtuneTrainer(Trainer):
-    """Trainer that also counts the real and padded tokens it trains on (for tokens/s figures)."""
+    """Trainer that asks the task and the method what it may do, routes attention through
+    training/attention.py while it trains, keys the fast-dropout masks by step, and counts the
+    real and padded tokens it trains on (for tokens/s figures).
+
+    `task` and `method` (the task object or class and the method class, as `build_trainer`
+    passes them) answer capability questions; without them nothing is assumed: the loss is
+    normalised as the model's forward says and logits are computed everywhere.
+    """
 
     real_tokens = 0
     padded_tokens = 0
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, task: Any = None, method: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Trainer takes any model whose forward accepts **kwargs for one that normalises its loss by
         # `num_items_in_batch`, and multiplies the loss by the number of processes to undo DDP's
         # gradient averaging. Encoder heads (sequence/token classification, QA) return a plain mean,
-        # so in N processes their loss and gradients came out N times too large. Only causal LMs
-        # route `num_items_in_batch` into their loss.
-        causal_lm = _loss_counts_items(self.model)
-        if self.model_accepts_loss_kwargs and not causal_lm:
+        # so in N processes their loss and gradients came out N times too large. Only tasks that
+        # declare it route `num_items_in_batch` into their loss.
+        counts_items = task is not None and task.supports("loss-counts-items")
+        if self.model_accepts_loss_kwargs and not counts_items:
             self.model_accepts_loss_kwargs = False
-        self.labelled_logits_only = causal_lm and _can_select_logits(self.model)
-        # Packed rows: attention per example instead of over the masked row (attention.py).
-        self.attention_per_example = causal_lm and _attention_is_sdpa(self.model)
-        if self.attention_per_example:
-            attention.install()
+        self.labelled_logits_only = (
+            task is not None
+            and task.supports("labelled-logits")
+            # peft's prompt and prefix tuning prepend virtual tokens: the positions are not the input's.
+            and method is not None
+            and not method.supports("virtual-tokens")
+            and _can_select_logits(self.model)
+        )
+        if self.args.activation_checkpointing:
+            # Recomputing a checkpointed block draws its masks again, further on in the step's
+            # block, so the backward pass would see other masks than the forward did; torch's
+            # dropout restores its RNG state for the recompute.
+            fast_dropout.uninstall(self.model)
+        self.dropout_rng = fast_dropout.rng_of(self.model)
+        self._dropout_step = (-1, -1)  # (global step, micro-step) of the last training step
+        self.attention_routed = False  # set while `train` runs (attention.routed)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """Trainer.train with the model's attention on lmtune's route for its duration."""
+        with attention.routed(self.model) as self.attention_routed:
+            try:
+                return super().train(*args, **kwargs)
+            finally:
+                self.attention_routed = False
 
     def compute_loss(
         self,
@@ -228,45 +257,40 @@ class LmtuneTrainer(Trainer):
             real = int(mask.sum()) if isinstance(mask, torch.Tensor) and mask.dim() == 2 else ids.numel()
             self.real_tokens += real
             self.padded_tokens += ids.numel()
-        fast_dropout.new_step()
+        self._start_dropout_step()
         positions = inputs.get("position_ids")
-        if self.attention_per_example and positions is not None and "attention_mask" not in inputs:
+        if self.attention_routed and positions is not None and "attention_mask" not in inputs:
             with attention.segments(positions):
                 return super().training_step(model, inputs, *args, **kwargs)
         return super().training_step(model, inputs, *args, **kwargs)
 
+    def _start_dropout_step(self) -> None:
+        """Key this (micro-)step's dropout masks by the step, which a resumed run reproduces.
 
-def _unwrapped(model: Any) -> Any:
-    """The transformers model inside a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+        Trainer calls training_step once per accumulated micro-batch with the same global step,
+        so the micro-step counts those; a resume starts at an optimizer-step boundary.
+        """
+        if self.dropout_rng is None:
+            return
+        step, micro = self._dropout_step
+        step, micro = (step, micro + 1) if step == self.state.global_step else (self.state.global_step, 0)
+        self._dropout_step = (step, micro)
+        self.dropout_rng.start_step(self.args.seed, step, micro, self.args.process_index)
 
 
 def _can_select_logits(model: Any) -> bool:
     """Whether a causal LM's forward takes `logits_to_keep` as a boolean mask (every transformers 5
-    decoder that slices with `slice_logits_to_keep`), and whose positions are the input's own
-    (peft's prompt and prefix tuning prepend virtual tokens)."""
+    decoder that slices with `slice_logits_to_keep`)."""
     import importlib
     import inspect
 
-    config = getattr(model, "active_peft_config", None)
-    if config is not None and getattr(config, "is_prompt_learning", False):
+    inner = attention.pretrained_model(model)
+    if inner is None:
         return False
-    inner = _unwrapped(model)
     module = importlib.import_module(type(inner).__module__)
     return "logits_to_keep" in inspect.signature(inner.forward).parameters and hasattr(
         module, "slice_logits_to_keep"
     )
-
-
-def _attention_is_sdpa(model: Any) -> bool:
-    config = getattr(_unwrapped(model), "config", None)
-    return getattr(config, "_attn_implementation", None) == "sdpa"
-
-
-def _loss_counts_items(model: Any) -> bool:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    return type(_unwrapped(model)).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
 def build_trainer(
@@ -280,12 +304,17 @@ def build_trainer(
     extra_callbacks: list[Any],
     trainer_class: Any = None,
 ) -> Any:
-    """`trainer_class`: a LmtuneTrainer subclass (or a partial of one), e.g. with a distillation loss."""
+    """`trainer_class`: a LmtuneTrainer subclass (or a partial of one), e.g. with a distillation loss.
+
+    The trainer is handed `task` and the class of `cfg.method`, whose capabilities it asks.
+    """
     from transformers import EarlyStoppingCallback
+
+    from lmtune.methods import get_method_class
 
     metric = cfg.train.metric_for_best_model or task.default_metric
     greater = task.greater_is_better if metric == task.default_metric else not metric.endswith("loss")
-    args = training_arguments(cfg, output_dir, metric, greater, cpu_bf16=task.bf16_on_cpu)
+    args = training_arguments(cfg, output_dir, metric, greater, cpu_bf16=task.supports("bf16-on-cpu"))
     callbacks = list(extra_callbacks)
     if "tensorboard" in cfg.train.report_to:
         from torch.utils.tensorboard import SummaryWriter
@@ -294,7 +323,9 @@ def build_trainer(
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(output_dir / "tensorboard"))))
     from lmtune.training.tracking import tracking_callbacks
 
-    callbacks.extend(tracking_callbacks(cfg.train.report_to, output_dir))
+    # A caller that brings its own tracker callback (a sweep's, bound to the sweep's store) keeps it.
+    given = {getattr(callback, "tracker", None) for callback in callbacks}
+    callbacks.extend(tracking_callbacks([r for r in cfg.train.report_to if r not in given], output_dir))
     if args.load_best_model_at_end and cfg.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     return (trainer_class or LmtuneTrainer)(
@@ -306,4 +337,6 @@ def build_trainer(
         processing_class=tokenizer,
         compute_metrics=task.trainer_metrics(),
         callbacks=callbacks,
+        task=task,
+        method=get_method_class(cfg.method.name),
     )
