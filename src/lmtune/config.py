@@ -32,6 +32,11 @@ class ModelConfig(_Strict):
     trust_remote_code: bool = Field(
         default=False, description="Run model code shipped with a hub repo. Off unless you trust it."
     )
+    from_run: Literal["merge", "continue"] = Field(
+        default="merge",
+        description="When `name` is a finished lmtune run: start from its model with the adapter merged "
+        "in (merge), or keep its base and go on training its peft adapter (continue: the same method).",
+    )
 
 
 class _Registered(BaseModel):
@@ -445,6 +450,8 @@ class RunConfig(_Strict):
             raw.pop("sweep", None)
         if raw["data"].get("augment", "unset") is None:
             raw["data"].pop("augment")
+        if raw["model"].get("from_run") == "merge":
+            raw["model"].pop("from_run")
         return raw
 
     def to_yaml(self) -> str:

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmtune.chaining import continued_adapter, is_run_dir, merged_model_dir
 from lmtune.errors import LmtuneError
 from lmtune.io import atomic_dir
 
@@ -72,8 +73,10 @@ class ResolvedModel:
 
     name: str
     path: str  # a local directory, or the hub id itself
-    source: str  # local | packaged | hub
+    source: str  # local | packaged | hub | run (a finished lmtune run, merged)
     revision: str | None = None
+    # model.from_run "continue": the run's peft adapter, trained on from where it stopped.
+    adapter: str | None = None
 
 
 def cache_dir() -> Path:
@@ -122,8 +125,14 @@ def warm_start_encoder(name: str) -> str | None:
     return name[len(WARM_START_PREFIX) :].strip() if name.startswith(WARM_START_PREFIX) else None
 
 
-def resolve_model(name: str, revision: str | None = None, trust_remote_code: bool = False) -> ResolvedModel:
-    """Resolve a model name; raises `LmtuneError` with the available choices when it cannot."""
+def resolve_model(
+    name: str, revision: str | None = None, trust_remote_code: bool = False, from_run: str = "merge"
+) -> ResolvedModel:
+    """Resolve a model name; raises `LmtuneError` with the available choices when it cannot.
+
+    A finished lmtune run directory resolves to its merged model, or with `from_run="continue"`
+    to its own base model plus its adapter (chaining.py).
+    """
     inner = warm_start_encoder(name)
     if inner is not None:
         if not inner or warm_start_encoder(inner) is not None:
@@ -134,6 +143,12 @@ def resolve_model(name: str, revision: str | None = None, trust_remote_code: boo
         encoder = resolve_model(inner, revision, trust_remote_code)
         return ResolvedModel(name, encoder.path, encoder.source, encoder.revision)
     path = Path(name).expanduser()
+    if path.is_dir() and is_run_dir(path):
+        if from_run == "continue":
+            base, adapter = continued_adapter(path)
+            return ResolvedModel(name, base.path, "run", base.revision, adapter=adapter)
+        # A finished lmtune run: its trained model, merged, is the starting point (chaining.py).
+        return ResolvedModel(name, str(merged_model_dir(path)), "run")
     if path.is_dir():
         if not (path / "config.json").exists():
             raise LmtuneError(

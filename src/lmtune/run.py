@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lmtune._version import __version__
+from lmtune.chaining import lineage_of
 from lmtune.config import RunConfig
 from lmtune.errors import LmtuneError
 from lmtune.io import atomic_dir, write_json, write_text
@@ -97,6 +98,9 @@ def _write_state(out: Path, cfg: RunConfig, status: str, **extra: Any) -> None:
         "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": cfg.to_dict(),
     }
+    parents = lineage_of(cfg.model.name)
+    if parents:
+        state["lineage"] = parents  # the runs this one started from (chaining.py)
     state.update(extra)
     write_json(out / STATE_FILE, state)
 
@@ -125,6 +129,7 @@ class RunPlan:
     task_cls: type[Task]
     method_cls: type[Method]
     model_path: str
+    adapter: str | None = None  # model.from_run continue: the adapter training goes on from
 
 
 @dataclass(frozen=True)
@@ -221,7 +226,11 @@ def plan_run(cfg: RunConfig, overwrite: bool) -> RunPlan:
     if distributed.is_distributed():
         distributed.process_state(cfg.train.distributed)
     status = distributed.on_main(prepare_output_dir, cfg, overwrite)
-    model_ref = resolve_model(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+    model_ref = resolve_model(
+        cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code, cfg.model.from_run
+    )
+    if model_ref.adapter is not None:
+        _check_continued_method(cfg)
     return RunPlan(
         cfg=cfg,
         out=Path(cfg.output_dir),
@@ -230,7 +239,20 @@ def plan_run(cfg: RunConfig, overwrite: bool) -> RunPlan:
         task_cls=task_cls,
         method_cls=method_cls,
         model_path=model_ref.path,
+        adapter=model_ref.adapter,
     )
+
+
+def _check_continued_method(cfg: RunConfig) -> None:
+    from lmtune.chaining import source_method
+
+    source = source_method(Path(cfg.model.name))
+    if source != cfg.method.name:
+        raise LmtuneError(
+            f"model.from_run is continue, but {cfg.model.name} trained method '{source}' and this run "
+            f"uses '{cfg.method.name}'",
+            hint=f"set method: {source} to continue its adapter, or model.from_run: merge",
+        )
 
 
 def prepare(plan: RunPlan) -> PreparedRun:
@@ -329,7 +351,8 @@ def build_model(plan: RunPlan, prepared: PreparedRun) -> BuiltModel:
         task.baseline(model, prepared.tokenizer, splits, prepared.eval_batch_size) if plan.main else None
     )
     method = plan.method_cls(resolved.method.options)
-    model = method.apply(model, MethodContext(task=task, total_steps=prepared.total_steps))
+    ctx = MethodContext(task=task, total_steps=prepared.total_steps, init_adapter=plan.adapter)
+    model = method.apply(model, ctx)
     if resolved.train.fast_dropout and default_device().type == "cpu":
         from lmtune.training import fast_dropout
 
@@ -639,7 +662,8 @@ class Run:
 
         def build(path: str | None) -> Any:
             if path is None:
-                ref = resolve_model(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code)
+                m = cfg.model
+                ref = resolve_model(m.name, m.revision, m.trust_remote_code, m.from_run)
                 return task.build_model(ref.path, fresh_head=False)
             return task.build_model(path, fresh_head=False)
 

@@ -182,6 +182,17 @@ model = {auto_class}.from_pretrained(
 ```"""
 
 
+def _lineage_lines(cfg: RunConfig) -> str:
+    """ "Started from" lines for a run whose base is another lmtune run (chaining.py)."""
+    from lmtune.chaining import lineage_of
+
+    chain = lineage_of(cfg.model.name)
+    if not chain:
+        return ""
+    steps = [f"`{Path(e['run']).name}` ({e['task']}, {e['method']})" for e in chain]
+    return f"\n\nStarted from the run {' <- '.join(steps)} <- `{chain[-1]['model']}` (merged at each step)."
+
+
 def write_model_card(
     run_dir: Path, cfg: RunConfig, metrics: dict[str, Any], method_saves_adapter: bool
 ) -> None:
@@ -220,7 +231,7 @@ tags: [lmtune, {cfg.task.type}, {cfg.method.name}]
 # {run_dir.name}
 
 Fine-tuned from `{cfg.model.name}` for **{cfg.task.type}** with **{cfg.method.name}**
-by [lmtune](https://pypi.org/project/lmtune/).
+by [lmtune](https://pypi.org/project/lmtune/).{_lineage_lines(cfg)}
 
 - labels: {", ".join(labels) if labels else "n/a"}
 - test results: {headline or "n/a"}

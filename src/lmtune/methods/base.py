@@ -32,6 +32,9 @@ class MethodContext:
 
     task: Any  # lmtune.tasks.base.Task
     total_steps: int | None = None
+    # A saved adapter to go on training (model.from_run: continue); methods that declare
+    # "peft-adapter" load it instead of starting a new one.
+    init_adapter: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

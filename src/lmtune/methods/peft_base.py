@@ -52,6 +52,8 @@ class PeftMethod(Method):
     def apply(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         from peft import get_peft_model
 
+        if ctx.init_adapter is not None:
+            return self._continued(model, ctx.init_adapter)
         modules_to_save = present_modules(model, ctx.task.peft_head_names)
         config = self.peft_config(model, ctx, modules_to_save)
         try:
@@ -61,6 +63,19 @@ class PeftMethod(Method):
             raise LmtuneError(
                 f"method '{self.name}' cannot be applied to {model.__class__.__name__}: {first[:300]}",
                 hint="check the method options (e.g. target_modules) or pick another method",
+            ) from None
+
+    def _continued(self, model: nn.Module, adapter_dir: str) -> nn.Module:
+        """The saved adapter (and head) loaded trainable onto `model`, to train on from there."""
+        from peft import PeftModel
+
+        try:
+            return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+            raise LmtuneError(
+                f"the adapter in {adapter_dir} does not fit this run's model: {first[:300]}",
+                hint="continue a run of the same task and labels, or set model.from_run to merge",
             ) from None
 
     def save(self, model: nn.Module, directory: Path) -> None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from lmtune.config import RunConfig
+    from lmtune.training.trainer import TrainerSpec
 
 
 # The inputs of `Task.predict` and its predictions: one dict per example.
@@ -190,6 +191,16 @@ class Task(Capable):
 
     def collator(self, tokenizer: Any) -> Any:
         raise NotImplementedError
+
+    def trainer_spec(self) -> TrainerSpec:
+        """Which Trainer trains this task (default: `LmtuneTrainer` with TrainingArguments).
+
+        A task trained by another library's Trainer (TRL's DPO, reward or GRPO trainers) names a
+        class that mixes `LmtuneTrainer` into it, and that library's arguments class.
+        """
+        from lmtune.training.trainer import TrainerSpec
+
+        return TrainerSpec()
 
     # metrics and predictions ---------------------------------------------------------------
     def trainer_metrics(self) -> Any:

@@ -8,6 +8,7 @@ training and evaluation, and pad per batch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,27 @@ from lmtune.training import attention, distributed, fast_dropout
 OPTIMIZERS = {"adamw": "adamw_torch_fused", "sgd": "sgd", "adafactor": "adafactor"}
 
 
+@dataclass(frozen=True)
+class TrainerSpec:
+    """How a task is trained (`Task.trainer_spec`): the Trainer class, its arguments class and
+    the task's own arguments (e.g. TRL's DPO `beta`), on top of what `train:` decides."""
+
+    trainer_class: Any = None  # default: LmtuneTrainer
+    arguments_class: Any = None  # default: transformers.TrainingArguments
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
 def training_arguments(
-    cfg: RunConfig, output_dir: Path, metric: str, greater_is_better: bool, cpu_bf16: bool = False
+    cfg: RunConfig,
+    output_dir: Path,
+    metric: str,
+    greater_is_better: bool,
+    cpu_bf16: bool = False,
+    spec: TrainerSpec | None = None,
 ) -> Any:
     from transformers import TrainingArguments
 
+    spec = spec or TrainerSpec()
     t = cfg.train
     precision = resolve_precision(t.precision, cpu_bf16=cpu_bf16)
     load_best = _can_load_best(t)
@@ -40,7 +57,7 @@ def training_arguments(
     if precision == "bf16" and not torch.cuda.is_available():
         # transformers refuses bf16 without a GPU unless told the run is on CPU (bf16 autocast on CPU).
         extra["use_cpu"] = True
-    return TrainingArguments(
+    return (spec.arguments_class or TrainingArguments)(
         output_dir=str(output_dir),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
@@ -82,7 +99,7 @@ def training_arguments(
         dataloader_pin_memory=torch.cuda.is_available(),
         torch_compile=t.torch_compile,
         disable_tqdm=False,
-        **extra,
+        **{**extra, **spec.arguments},
     )
 
 
@@ -304,7 +321,8 @@ def build_trainer(
     extra_callbacks: list[Any],
     trainer_class: Any = None,
 ) -> Any:
-    """`trainer_class`: a LmtuneTrainer subclass (or a partial of one), e.g. with a distillation loss.
+    """The task's trainer (`task.trainer_spec()`), or `trainer_class`: a LmtuneTrainer subclass
+    (or a partial of one), e.g. with a distillation loss.
 
     The trainer is handed `task` and the class of `cfg.method`, whose capabilities it asks.
     """
@@ -314,7 +332,8 @@ def build_trainer(
 
     metric = cfg.train.metric_for_best_model or task.default_metric
     greater = task.greater_is_better if metric == task.default_metric else not metric.endswith("loss")
-    args = training_arguments(cfg, output_dir, metric, greater, cpu_bf16=task.supports("bf16-on-cpu"))
+    spec = task.trainer_spec()
+    args = training_arguments(cfg, output_dir, metric, greater, task.supports("bf16-on-cpu"), spec)
     callbacks = list(extra_callbacks)
     if "tensorboard" in cfg.train.report_to:
         from torch.utils.tensorboard import SummaryWriter
@@ -328,7 +347,7 @@ def build_trainer(
     callbacks.extend(tracking_callbacks([r for r in cfg.train.report_to if r not in given], output_dir))
     if args.load_best_model_at_end and cfg.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    return (trainer_class or LmtuneTrainer)(
+    return (trainer_class or spec.trainer_class or LmtuneTrainer)(
         model=model,
         args=args,
         train_dataset=train_dataset,
