@@ -328,7 +328,12 @@ def sweep(
         str, typer.Option("--output-dir", "-o", help="Sweep directory (study.db, trials).")
     ],
     n_jobs: Annotated[
-        int, typer.Option(min=1, help="Trials in parallel threads (on a 2-core machine this rarely helps).")
+        int,
+        typer.Option(
+            min=1,
+            help="Trials in parallel threads (on a 2-core machine this rarely helps; Accelerate's "
+            "state is one per process, so trial setups take turns).",
+        ),
     ] = 1,
     set_: SetConfigFlag = None,
 ) -> None:

@@ -8,6 +8,7 @@ training and evaluation, and pad per batch.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,7 +334,6 @@ def build_trainer(
     metric = cfg.train.metric_for_best_model or task.default_metric
     greater = task.greater_is_better if metric == task.default_metric else not metric.endswith("loss")
     spec = task.trainer_spec()
-    args = training_arguments(cfg, output_dir, metric, greater, task.supports("bf16-on-cpu"), spec)
     callbacks = list(extra_callbacks)
     if "tensorboard" in cfg.train.report_to:
         from torch.utils.tensorboard import SummaryWriter
@@ -345,17 +345,26 @@ def build_trainer(
     # A caller that brings its own tracker callback (a sweep's, bound to the sweep's store) keeps it.
     given = {getattr(callback, "tracker", None) for callback in callbacks}
     callbacks.extend(tracking_callbacks([r for r in cfg.train.report_to if r not in given], output_dir))
-    if args.load_best_model_at_end and cfg.train.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    return (trainer_class or spec.trainer_class or LmtuneTrainer)(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset if args.eval_strategy != "no" else None,
-        data_collator=task.collator(tokenizer),
-        processing_class=tokenizer,
-        compute_metrics=task.trainer_metrics(),
-        callbacks=callbacks,
-        task=task,
-        method=get_method_class(cfg.method.name),
-    )
+    # TrainingArguments resets Accelerate's process-wide state and the Trainer builds it again:
+    # two trainings set up at once in one process (a sweep's parallel trials) would read it
+    # half-built, so setups take turns. (A setup can still overlap another trial's training;
+    # Accelerate's state is the same on one device, but `sweep --n-jobs` says so in its help.)
+    with _SETUP_LOCK:
+        args = training_arguments(cfg, output_dir, metric, greater, task.supports("bf16-on-cpu"), spec)
+        if args.load_best_model_at_end and cfg.train.early_stopping_patience:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+        return (trainer_class or spec.trainer_class or LmtuneTrainer)(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset if args.eval_strategy != "no" else None,
+            data_collator=task.collator(tokenizer),
+            processing_class=tokenizer,
+            compute_metrics=task.trainer_metrics(),
+            callbacks=callbacks,
+            task=task,
+            method=get_method_class(cfg.method.name),
+        )
+
+
+_SETUP_LOCK = threading.Lock()
