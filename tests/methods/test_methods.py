@@ -21,7 +21,11 @@ TRAIN = {"epochs": 5}
 # Gradual unfreezing adds a layer per epoch: 3 epochs reach the top 2 layers, like `freeze`.
 # Slow starters get more epochs. AdaLoRA's singular values start at zero: over seeds 42/1/2/3 its
 # 5-epoch test accuracy was 0.69/0.88/0.81/0.88 (mean 0.81, as before the per-step dropout keys).
-TRAIN_OVERRIDES = {"prompt-tuning": {"epochs": 8}, "adalora": {"epochs": 8}, "gradual-unfreeze": {"epochs": 3}}
+TRAIN_OVERRIDES = {
+    "prompt-tuning": {"epochs": 8},
+    "adalora": {"epochs": 8},
+    "gradual-unfreeze": {"epochs": 3},
+}
 
 
 def expected_trainable(method: str, model: torch.nn.Module) -> int | None:
