@@ -489,15 +489,10 @@ def methods() -> None:
     """Fine-tuning methods with their options and what each can do."""
     from lmtune.methods import METHODS
 
-    table = RichTable(title="Methods")
-    table.add_column("name", no_wrap=True, min_width=16)
-    for column in ("description", "options (default)", "default lr", "capabilities"):
-        table.add_column(column)
-    for name, cls in METHODS.classes().items():
-        table.add_row(
-            name, cls.description, _defaults(cls.Options), f"{cls.default_learning_rate:g}", _listed(cls)
-        )
-    console.print(table)
+    def row(cls: Any) -> list[str]:
+        return [cls.description, _defaults(cls.Options), f"{cls.default_learning_rate:g}", _listed(cls)]
+
+    _print_registry("Methods", METHODS, ["options (default)", "default lr"], row)
 
 
 @app.command()
@@ -505,13 +500,20 @@ def tasks() -> None:
     """Tasks with their options, the data keys only they read, and what each can do."""
     from lmtune.tasks import TASKS
 
-    table = RichTable(title="Tasks")
-    table.add_column("name", no_wrap=True, min_width=20)
-    for column in ("description", "options (default)", "own data keys", "capabilities"):
-        table.add_column(column)
-    for name, cls in TASKS.classes().items():
+    def row(cls: Any) -> list[str]:
         own_data = ", ".join(f"data.{k}" for k in cls.DataOptions.model_fields) or "-"
-        table.add_row(name, cls.description, _defaults(cls.Options), own_data, _listed(cls))
+        return [cls.description, _defaults(cls.Options), own_data, _listed(cls)]
+
+    _print_registry("Tasks", TASKS, ["options (default)", "own data keys"], row)
+
+
+def _print_registry(title: str, registry: Any, columns: list[str], row: Any) -> None:
+    table = RichTable(title=title)
+    table.add_column("name", no_wrap=True, min_width=20)
+    for column in ("description", *columns, "capabilities"):
+        table.add_column(column)
+    for name, cls in registry.classes().items():
+        table.add_row(name, *row(cls))
     console.print(table)
 
 

@@ -33,6 +33,15 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def format_cell(value: Any) -> str:
+    """A compact table cell: '-' for missing, four significant digits for floats."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
 def markdown_table(
     header: Sequence[str], rows: Iterable[Sequence[Any]], *, left: int = 1, width: int | None = None
 ) -> list[str]:

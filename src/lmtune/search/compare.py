@@ -25,6 +25,7 @@ import yaml
 
 from lmtune.config import RunConfig, set_dotted
 from lmtune.errors import LmtuneError
+from lmtune.evaluation.report import format_cell
 from lmtune.io import write_json, write_text
 
 # A per-method sweep searches the learning rate this factor either side of the method's default.
@@ -201,14 +202,6 @@ COLUMNS = [
 ]
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def _write_table(out: Path, rows: list[dict[str, Any]], metric: str, advice: dict[str, Any]) -> None:
     with open(out / "comparison.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
@@ -222,7 +215,7 @@ def _write_table(out: Path, rows: list[dict[str, Any]], metric: str, advice: dic
     ]
     for r in rows:
         if r["status"] == "ok":
-            lines.append("| " + " | ".join(_cell(r.get(key)) for key, _ in COLUMNS) + " |")
+            lines.append("| " + " | ".join(format_cell(r.get(key)) for key, _ in COLUMNS) + " |")
     skipped = [r for r in rows if r["status"] != "ok"]
     if skipped:
         lines += ["", "Not compared:"]

@@ -31,6 +31,7 @@ import yaml
 
 from lmtune.config import RunConfig, SweepConfig, SweepParam, load_yaml, normalise, set_dotted
 from lmtune.errors import LmtuneError
+from lmtune.evaluation.report import format_cell as _fmt
 from lmtune.io import write_json, write_text
 
 STUDY_NAME = "lmtune-sweep"
@@ -397,14 +398,6 @@ def _trial_rows(study: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 @dataclass(frozen=True)
 class SweepOutcome:
     """What the study holds after this invocation, read once; the artefacts are written from it."""
@@ -462,7 +455,12 @@ def summary_markdown(outcome: SweepOutcome, plan: SweepPlan, plots: dict[str, st
         "|---:|---|---:|" + "---|" * len(keys) + "---:|---|",
     ]
     for r in outcome.rows:
-        cells = [str(r["trial"]), r["state"], _fmt(r["value"]), *(_fmt(r["params"].get(k)) for k in keys)]
+        cells = [
+            str(r["trial"]),
+            r["state"],
+            _fmt(r["value"]),
+            *(_fmt(r["params"].get(k)) for k in keys),
+        ]
         lines.append("| " + " | ".join([*cells, _fmt(r["duration_s"]), r["note"] or ""]) + " |")
     lines.append("")
     best = outcome.best
