@@ -224,3 +224,23 @@ def test_unknown_predict_option_is_one_line(tiny_bert, sentiment_files, tmp_path
         ["predict", str(out), "--text", "hi", "--option", "beams=4"], capsys, monkeypatch
     )
     assert code == 2 and "predict option 'beams': unknown option" in stderr
+
+
+def test_allow_code_reaches_only_tasks_that_run_user_code(sentiment_files, tmp_path, capsys, monkeypatch):
+    args = ["train", "--model", "all-MiniLM-L6-v2", "--train", str(sentiment_files["train"])]
+    code, _, err = run_cli(
+        [*args, "--task", "classification", "--allow-code", "-o", str(tmp_path / "r")], capsys, monkeypatch
+    )
+    assert code == 2 and "unknown key 'task.allow_code'" in " ".join(err.split())
+    from lmtune.config import RunConfig
+
+    seen = {}
+
+    def capture(cfg: RunConfig, **_: object) -> None:
+        seen["cfg"] = cfg
+        raise SystemExit(0)  # the config is what this test is about, not the training
+
+    monkeypatch.setattr("lmtune.run.train", capture)
+    monkeypatch.setattr("lmtune.run.prepare_output_dir", lambda *a, **k: "new")
+    run_cli([*args, "--task", "grpo", "--allow-code", "-o", str(tmp_path / "g")], capsys, monkeypatch)
+    assert isinstance(seen["cfg"], RunConfig) and seen["cfg"].task.options.allow_code is True

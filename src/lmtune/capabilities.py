@@ -45,6 +45,8 @@ TASK_CAPABILITIES: dict[str, str] = {
     "`scores()` turns them into metrics (ensembles)",
     "logit-distillation": "a student can match the teacher's logits position by position "
     "(the same label set per example or per token)",
+    "reward-scores": "`predict` on {prompt: messages, completion: text} inputs gives each a `score`, "
+    "so a finished run of it can be a GRPO reward (`task.reward: RUN_DIR`)",
 }
 
 

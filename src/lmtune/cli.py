@@ -120,6 +120,12 @@ def train(
             min=1, help="Train in N processes on this machine (accelerate launch; DDP unless configured)."
         ),
     ] = 1,
+    allow_code: Annotated[
+        bool,
+        typer.Option(
+            "--allow-code", help="Let the task run your Python code (GRPO `module:function` rewards)."
+        ),
+    ] = False,
 ) -> None:
     """Fine-tune a model and write a run directory with model, metrics and report."""
     from lmtune.config import RunConfig
@@ -130,6 +136,8 @@ def train(
         **_run_flags(model, task, train_file, validation, test, epochs),
         "method.name": method,
         "output_dir": output_dir,
+        # Off unless asked: only the tasks that run user code have this option (others refuse it).
+        "task.allow_code": True if allow_code else None,
     }
     raw = _raw_config(config, flags, set_)
     cfg = RunConfig.from_dict(raw, source=str(config) if config else "command line")

@@ -268,7 +268,11 @@ class LmtuneTrainer(Trainer):
             sampler.lengths = [int(n) for n in sampler.lengths]
         return sampler
 
-    def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+    def training_step(self, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        # TRL's GRPO hands the step a list of prompt rows, which it generates from: nothing to count.
+        if not isinstance(inputs, dict):
+            self._start_dropout_step()
+            return super().training_step(model, inputs, *args, **kwargs)
         ids = inputs.get("input_ids")
         if isinstance(ids, torch.Tensor):
             mask = inputs.get("attention_mask")
