@@ -346,13 +346,18 @@ def build_model(plan: RunPlan, prepared: PreparedRun) -> BuiltModel:
     resolved, task = prepared.resolved, prepared.task
     set_seed(resolved.train.seed)
     model = task.build_model(plan.model_path, fresh_head=True)
-    splits = prepared.data.splits
-    baseline = (
-        task.baseline(model, prepared.tokenizer, splits, prepared.eval_batch_size) if plan.main else None
-    )
+
+    def measure_baseline() -> dict[str, Any] | None:
+        splits, batch = prepared.data.splits, prepared.eval_batch_size
+        return task.baseline(model, prepared.tokenizer, splits, batch) if plan.main else None
+
+    # The starting point: the pretrained model, or with a continued adapter that adapter on it.
+    baseline = measure_baseline() if plan.adapter is None else None
     method = plan.method_cls(resolved.method.options)
     ctx = MethodContext(task=task, total_steps=prepared.total_steps, init_adapter=plan.adapter)
     model = method.apply(model, ctx)
+    if plan.adapter is not None:
+        baseline = measure_baseline()
     if resolved.train.fast_dropout and default_device().type == "cpu":
         from lmtune.training import fast_dropout
 

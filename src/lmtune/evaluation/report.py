@@ -24,6 +24,9 @@ HEADLINE = (
     "perplexity",
     "bleu",
     "rougeL",
+    "reward_accuracy",
+    "reward_margin",
+    "reward",
 )
 
 

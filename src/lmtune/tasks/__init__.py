@@ -18,6 +18,9 @@ TASKS = Registry(
         "causal-lm": "lmtune.tasks.causal_lm:CausalLmTask",
         "sft": "lmtune.tasks.causal_lm:CausalLmTask",
         "multi-task": "lmtune.tasks.multi_task:MultiTask",
+        "preference": "lmtune.tasks.preference:PreferenceTask",
+        "reward-model": "lmtune.tasks.reward_model:RewardModelTask",
+        "grpo": "lmtune.tasks.grpo:GrpoTask",
     },
 )
 

@@ -58,7 +58,7 @@ def training_arguments(
     if precision == "bf16" and not torch.cuda.is_available():
         # transformers refuses bf16 without a GPU unless told the run is on CPU (bf16 autocast on CPU).
         extra["use_cpu"] = True
-    return (spec.arguments_class or TrainingArguments)(
+    arguments = dict(
         output_dir=str(output_dir),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
@@ -100,8 +100,11 @@ def training_arguments(
         dataloader_pin_memory=torch.cuda.is_available(),
         torch_compile=t.torch_compile,
         disable_tqdm=False,
-        **{**extra, **spec.arguments},
+        **extra,
     )
+    # The task's own arguments (e.g. TRL's DPO `beta`) win over what `train:` decides.
+    arguments.update(spec.arguments)
+    return (spec.arguments_class or TrainingArguments)(**arguments)
 
 
 def _can_load_best(t: Any) -> bool:
