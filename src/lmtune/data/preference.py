@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,7 +39,7 @@ Kind = Literal["pairwise", "unpaired"]
 Message = dict[str, str]
 
 ROLES = ("system", "user", "assistant")
-# The same speaker names SFT accepts (tasks/causal_lm.py), repeated so the data layer imports no task.
+# Speaker names of sharegpt data and the roles they mean (SFT's reader uses the same table).
 SHAREGPT_ROLES = {
     "human": "user",
     "user": "user",
@@ -278,13 +278,7 @@ def _turn(row: _Row, field: str, number: int, turn: Any) -> Message:
             f"got {type(turn).__name__}"
         )
     role_key, text_key = ("from", "value") if "from" in turn else ("role", "content")
-    for key in (role_key, text_key):
-        if key not in turn:
-            raise LmtuneError(
-                f"{at}: field '{key}' is missing", hint=f"every turn needs '{role_key}' and '{text_key}'"
-            )
-        if not isinstance(turn[key], str):
-            raise LmtuneError(f"{at}: field '{key}' must be text, got {type(turn[key]).__name__}")
+    check_turn_fields(turn, role_key, text_key, at)
     names = SHAREGPT_ROLES if role_key == "from" else _ROLE_NAMES
     name = turn[role_key].strip().lower()
     if name not in names:
@@ -327,27 +321,44 @@ def _prompt(row: _Row, field: str, value: Any) -> list[Message]:
 
 
 def _check_prompt(row: _Row, field: str, messages: list[Message]) -> None:
-    """System first only, user and assistant alternating from a user turn, ending with a user turn."""
-    previous = None
-    for j, message in enumerate(messages):
-        role = message["role"]
-        at = row.at(field, j + 1)
-        if not message["content"].strip():
-            raise LmtuneError(f"{at}: the {role} message is empty", hint="give every turn some content")
-        if role == "system" and j != 0:
-            raise LmtuneError(f"{at}: a system message must come first")
-        if role != "system" and role == previous:
-            raise LmtuneError(
-                f"{at}: two {role} turns in a row", hint="user and assistant turns must alternate"
-            )
-        if role == "assistant" and previous in (None, "system"):
-            raise LmtuneError(f"{at}: the prompt starts with the assistant", hint="start with a user turn")
-        previous = role
+    """The turn order of a prompt, which must end with a user turn (the answers reply to it)."""
+    previous = check_turn_order(messages, lambda j: row.at(field, j + 1), "prompt")
     if previous != "user":
         raise LmtuneError(
             f"{row.at(field)}: the prompt ends with {_a(previous)} turn, expected a user turn",
             hint="the answers reply to the prompt's last user turn",
         )
+
+
+def check_turn_fields(turn: dict[str, Any], role_key: str, text_key: str, at: str) -> None:
+    """A turn object has its role and text fields, both text (SFT's and preference readers)."""
+    for key in (role_key, text_key):
+        if key not in turn:
+            raise LmtuneError(
+                f"{at}: field '{key}' is missing", hint=f"every turn needs '{role_key}' and '{text_key}'"
+            )
+        if not isinstance(turn[key], str):
+            raise LmtuneError(f"{at}: field '{key}' must be text, got {type(turn[key]).__name__}")
+
+
+def check_turn_order(messages: Sequence[Message], at: Callable[[int], str], what: str) -> str | None:
+    """Non-empty turns, system first only, user and assistant alternating from a user turn (SFT's
+    conversations and preference prompts alike); `at(j)` names message j. Returns the last role."""
+    previous = None
+    for j, message in enumerate(messages):
+        role = message["role"]
+        if not message["content"].strip():
+            raise LmtuneError(f"{at(j)}: the {role} message is empty", hint="give every turn some content")
+        if role == "system" and j != 0:
+            raise LmtuneError(f"{at(j)}: a system message must come first")
+        if role != "system" and role == previous:
+            raise LmtuneError(
+                f"{at(j)}: two {role} turns in a row", hint="user and assistant turns must alternate"
+            )
+        if role == "assistant" and previous in (None, "system"):
+            raise LmtuneError(f"{at(j)}: the {what} starts with the assistant", hint="start with a user turn")
+        previous = role
+    return previous
 
 
 def _answer(row: _Row, field: str, value: Any) -> list[Message]:

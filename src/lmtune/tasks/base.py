@@ -248,6 +248,17 @@ class Task(Capable):
 
 
 # ---- shared inference machinery ----------------------------------------------------------------
+def records_dataset(records: list[dict[str, Any]], columns: dict[str, str]) -> Dataset:
+    """A `datasets.Dataset` of `records` with typed columns: "text", "bool", or "messages"
+    (a list of {role, content}), so empty splits and message lists keep their schema."""
+    from datasets import Dataset, Features, Value
+
+    kinds = {"text": Value("string"), "bool": Value("bool")}
+    kinds["messages"] = [{"role": Value("string"), "content": Value("string")}]
+    features = Features({name: kinds[kind] for name, kind in columns.items()})
+    return Dataset.from_dict({name: [r[name] for r in records] for name in columns}, features=features)
+
+
 def model_device(model: nn.Module) -> torch.device:
     try:
         return next(model.parameters()).device

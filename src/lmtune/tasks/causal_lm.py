@@ -44,10 +44,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmtune.data import checks
+from lmtune.data.preference import ROLES, SHAREGPT_ROLES, check_turn_fields, check_turn_order
 from lmtune.data.readers import Table, read_table
 from lmtune.data.splits import SplitRecords
 from lmtune.errors import LmtuneError
-from lmtune.tasks.base import EvalResult, PreparedData, Rows, Task, inference_batches
+from lmtune.tasks.base import EvalResult, PreparedData, Rows, Task, inference_batches, records_dataset
 from lmtune.tasks.classification import apply_dropout
 
 logger = logging.getLogger(__name__)
@@ -64,15 +65,6 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 FORMATS = ("alpaca", "messages", "sharegpt", "text")
-ROLES = ("system", "user", "assistant")
-SHAREGPT_ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "model": "assistant",
-    "system": "system",
-}
 IGNORE = -100
 # Upper bound on the logits of one forward pass in evaluation (rows x length x vocab x 4 bytes).
 LOGITS_BUDGET_BYTES = 256 * 1024 * 1024
@@ -169,26 +161,14 @@ def _turns(table: Table, index: int, column: str) -> list[Any]:
 
 def check_conversation(messages: list[dict[str, str]], where: str, *, need_answer: bool = True) -> None:
     """Roles known, system first only, user/assistant alternating, ending with the assistant."""
-    previous = None
     for j, message in enumerate(messages):
-        role = message["role"]
-        at = f"{where}, message {j + 1}"
-        if role not in ROLES:
-            raise LmtuneError(f"{at}: unknown role '{role}'", hint=f"roles must be one of {', '.join(ROLES)}")
-        if not message["content"].strip():
-            raise LmtuneError(f"{at}: the {role} message is empty", hint="give every turn some content")
-        if role == "system" and j != 0:
-            raise LmtuneError(f"{at}: a system message must come first")
-        if role != "system" and role == previous:
+        if message["role"] not in ROLES:
             raise LmtuneError(
-                f"{at}: two {role} turns in a row", hint="user and assistant turns must alternate"
+                f"{where}, message {j + 1}: unknown role '{message['role']}'",
+                hint=f"roles must be one of {', '.join(ROLES)}",
             )
-        if role == "assistant" and previous in (None, "system"):
-            raise LmtuneError(
-                f"{at}: the conversation starts with the assistant", hint="start with a user turn"
-            )
-        previous = role
-    if need_answer and previous != "assistant":
+    last = check_turn_order(messages, lambda j: f"{where}, message {j + 1}", "conversation")
+    if need_answer and last != "assistant":
         raise LmtuneError(
             f"{where}: the conversation does not end with an assistant turn",
             hint="the last turn is what the model learns to answer",
@@ -199,13 +179,7 @@ def _message(table: Table, index: int, column: str, j: int, turn: Any, role_key:
     at = f"{table.where(index, column)}, message {j + 1}"
     if not isinstance(turn, dict):
         raise LmtuneError(f"{at}: expected an object with '{role_key}' and '{text_key}'")
-    for key in (role_key, text_key):
-        if key not in turn:
-            raise LmtuneError(
-                f"{at}: field '{key}' is missing", hint=f"every turn needs '{role_key}' and '{text_key}'"
-            )
-        if not isinstance(turn[key], str):
-            raise LmtuneError(f"{at}: field '{key}' must be text, got {type(turn[key]).__name__}")
+    check_turn_fields(turn, role_key, text_key, at)
     return {"role": turn[role_key].strip().lower(), "content": turn[text_key]}
 
 
@@ -467,17 +441,7 @@ class CausalLmTask(Task):
         return {"format": formats, **prepared.summary(self.overlap_key)}
 
     def to_dataset(self, records: list[dict[str, Any]]) -> Any:
-        from datasets import Dataset, Features, Value
-
-        features = Features(
-            {
-                "messages": [{"role": Value("string"), "content": Value("string")}],
-                "text": Value("string"),
-                "where": Value("string"),
-            }
-        )
-        columns = {key: [r[key] for r in records] for key in ("messages", "text", "where")}
-        return Dataset.from_dict(columns, features=features)
+        return records_dataset(records, {"messages": "messages", "text": "text", "where": "text"})
 
     def _resolve_packing(self) -> None:
         from lmtune.methods import get_method_class

@@ -55,7 +55,7 @@ from lmtune.data import checks
 from lmtune.data.readers import Table, read_table
 from lmtune.data.splits import SplitRecords
 from lmtune.errors import LmtuneError
-from lmtune.tasks.base import EvalResult, PreparedData, Rows, Task
+from lmtune.tasks.base import EvalResult, PreparedData, Rows, Task, records_dataset
 from lmtune.tasks.causal_lm import CausalLmTask, GenerationOptions, check_conversation, ensure_chat_template
 
 PROMPT_COLUMNS = ("prompt", "question", "problem", "query", "instruction", "messages")
@@ -386,17 +386,7 @@ class GrpoTask(CausalLmTask):
         }
 
     def to_dataset(self, records: list[dict[str, Any]]) -> Any:
-        from datasets import Dataset, Features, Value
-
-        features = Features(
-            {
-                "prompt": [{"role": Value("string"), "content": Value("string")}],
-                "answer": Value("string"),
-                "where": Value("string"),
-            }
-        )
-        columns = {key: [r[key] for r in records] for key in ("prompt", "answer", "where")}
-        return Dataset.from_dict(columns, features=features)
+        return records_dataset(records, {"prompt": "messages", "answer": "text", "where": "text"})
 
     def read_inputs(self, path: str) -> list[dict[str, Any]]:
         """Prompts for `lmtune predict`: a .txt file (one per line) or records with a prompt column."""

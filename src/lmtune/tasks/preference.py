@@ -68,7 +68,7 @@ from lmtune.data.preference import (
 from lmtune.data.readers import read_table
 from lmtune.data.splits import Carving, SplitRecords
 from lmtune.errors import LmtuneError
-from lmtune.tasks.base import EvalResult, PreparedData, Task, inference_batches, model_device
+from lmtune.tasks.base import EvalResult, PreparedData, Task, inference_batches, model_device, records_dataset
 from lmtune.tasks.causal_lm import LOGITS_BUDGET_BYTES, CausalLmTask, GenerationOptions, ensure_chat_template
 
 logger = logging.getLogger(__name__)
@@ -528,15 +528,10 @@ class PreferenceTask(CausalLmTask):
         }
 
     def to_dataset(self, records: list[dict[str, Any]]) -> Any:
-        from datasets import Dataset, Features, Value
-
-        messages = [{"role": Value("string"), "content": Value("string")}]
-        features = {"prompt": messages, **{f: messages for f in self.answer_fields}}
-        if not self.pairwise:
-            features["label"] = Value("bool")
-        features["where"] = Value("string")
-        columns = {key: [r[key] for r in records] for key in features}
-        return Dataset.from_dict(columns, features=Features(features))
+        columns = {"prompt": "messages", **dict.fromkeys(self.answer_fields, "messages")}
+        return records_dataset(
+            records, {**columns, **({} if self.pairwise else {"label": "bool"}), "where": "text"}
+        )
 
     def read_inputs(self, path: str) -> list[dict[str, Any]]:
         """Prompts for `lmtune predict`: preference records (their prompts), `prompt` records, or

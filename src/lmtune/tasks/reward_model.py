@@ -38,12 +38,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmtune.data.preference import messages_text, pairwise_report, read_preference_file
+from lmtune.data.preference import ROLES, messages_text, pairwise_report, read_preference_file
 from lmtune.data.readers import read_table
 from lmtune.data.splits import SplitRecords
 from lmtune.errors import LmtuneError
-from lmtune.tasks.base import EvalResult, Rows, Task, inference_batches
-from lmtune.tasks.causal_lm import ROLES, check_conversation, ensure_chat_template
+from lmtune.tasks.base import EvalResult, Rows, Task, inference_batches, records_dataset
+from lmtune.tasks.causal_lm import check_conversation, ensure_chat_template
 from lmtune.tasks.classification import labelled_head_config
 
 Message = dict[str, str]
@@ -173,15 +173,9 @@ def reward_trainer_class() -> type:
     class LmtuneRewardTrainer(LmtuneTrainer, RewardTrainer):
         """TRL's Bradley-Terry loss and logs; lmtune's sampler, token counts, dropout keys."""
 
-        def compute_loss(
-            self,
-            model: Any,
-            inputs: dict[str, Any],
-            return_outputs: bool = False,
-            num_items_in_batch: Any = None,
-        ) -> Any:
-            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            if not return_outputs:
+        def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            result = super().compute_loss(model, inputs, *args, **kwargs)
+            if not isinstance(result, tuple):  # training: the loss alone
                 return result
             loss, outputs = result
             chosen, rejected = outputs.logits.squeeze(-1).chunk(2)
@@ -208,18 +202,15 @@ def reward_trainer_class() -> type:
 
 
 # ---- the task -----------------------------------------------------------------------------------
-class RewardModelTask(Task):
+class RewardModelTask(Task, capabilities={"reward-scores"}):
     name: ClassVar[str] = "reward-model"
-    description: ClassVar[str] = (
-        "Reward model on preference pairs (Bradley-Terry, one-output head): decoders and encoders."
-    )
+    description: ClassVar[str] = "Bradley-Terry reward model on preference pairs: decoders and encoders."
     Options = RewardModelOptions
     peft_task_type: ClassVar[str] = "SEQ_CLS"
     head_names: ClassVar[tuple[str, ...]] = ("classifier", "score", "pooler", "pre_classifier")
     peft_head_names: ClassVar[tuple[str, ...]] = ("classifier", "score")
     default_metric: ClassVar[str] = "accuracy"
     greater_is_better: ClassVar[bool] = True
-    capabilities: ClassVar[frozenset[str]] = frozenset({"reward-scores"})
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
@@ -255,15 +246,10 @@ class RewardModelTask(Task):
         }
 
     def to_dataset(self, records: list[dict[str, Any]]) -> Any:
-        from datasets import Dataset, Features, Value
-
-        messages = [{"role": Value("string"), "content": Value("string")}]
-        features = Features(
-            {"prompt": messages, "chosen": messages, "rejected": messages, "where": Value("string")}
+        records = [{**r, "where": r.get("where", "")} for r in records]
+        return records_dataset(
+            records, {"prompt": "messages", "chosen": "messages", "rejected": "messages", "where": "text"}
         )
-        columns = {key: [r[key] for r in records] for key in ("prompt", "chosen", "rejected")}
-        columns["where"] = [r.get("where", "") for r in records]
-        return Dataset.from_dict(columns, features=features)
 
     # ---- tokenization -------------------------------------------------------------------------
     def _chat_ids(self, tokenizer: Any, messages: list[Message]) -> list[int]:
