@@ -11,7 +11,6 @@ directory, so the new run needs nothing but its config. Where the run came from 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,20 @@ def is_run_dir(path: Path) -> bool:
 
 
 def _state(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return {}
+    from lmtune.run import read_state
+
+    return read_state(run_dir) or {}
+
+
+def _finished_state(run_dir: Path) -> dict[str, Any]:
+    state = _state(run_dir)
+    if state.get("status") != "complete":
+        raise LmtuneError(
+            f"run {run_dir} did not finish (status: {state.get('status', 'unknown')}), so it cannot "
+            "be the starting point of another run",
+            hint="finish it first: re-run its `lmtune train` command",
+        )
+    return state
 
 
 def _key(run_dir: Path, state: dict[str, Any]) -> str:
@@ -43,13 +52,7 @@ def merged_model_dir(run_dir: Path) -> Path:
     """The run's model as a plain transformers directory (merged once, then from the cache)."""
     from lmtune.models import cache_dir
 
-    state = _state(run_dir)
-    if state.get("status") != "complete":
-        raise LmtuneError(
-            f"run {run_dir} did not finish (status: {state.get('status', 'unknown')}), so it cannot "
-            "be the starting point of another run",
-            hint="finish it first: re-run its `lmtune train` command",
-        )
+    state = _finished_state(run_dir)
     target = cache_dir() / "runs" / _key(run_dir, state)
     if not (target / SOURCE_FILE).is_file():
         _merge_into(run_dir, target, state)
@@ -87,9 +90,7 @@ def continued_adapter(run_dir: Path) -> tuple[Any, str]:
     from lmtune.methods import get_method_class
     from lmtune.models import resolve_model
 
-    state = _state(run_dir)
-    if state.get("status") != "complete":
-        raise LmtuneError(f"run {run_dir} did not finish, so its adapter cannot be continued")
+    _finished_state(run_dir)
     cfg = RunConfig.from_yaml(run_dir / "config.yaml")
     get_method_class(cfg.method.name).require(
         "peft-adapter",
@@ -98,6 +99,11 @@ def continued_adapter(run_dir: Path) -> tuple[Any, str]:
     )
     base = resolve_model(cfg.model.name, cfg.model.revision, cfg.model.trust_remote_code, cfg.model.from_run)
     return base, str(run_dir / "model")
+
+
+def continues_adapter(model_cfg: Any) -> bool:
+    """Whether a run with this `model:` section trains on from a finished run's adapter."""
+    return model_cfg.from_run == "continue" and is_run_dir(Path(model_cfg.name).expanduser())
 
 
 def source_method(run_dir: Path) -> str:

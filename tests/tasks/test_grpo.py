@@ -8,45 +8,12 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 import lmtune
 from lmtune.config import RunConfig
 from lmtune.errors import LmtuneError
 from lmtune.tasks import get_task_class
 from lmtune.tasks.grpo import GrpoTask, grpo_trainer_class
-
-
-@pytest.fixture(scope="session")
-def smollm_path() -> str:
-    from lmtune.models import resolve_model
-
-    return resolve_model("SmolLM2-135M-Instruct").path
-
-
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory, smollm_path: str) -> str:
-    """A 2-layer, 32-wide Llama with the SmolLM2 tokenizer and chat template."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("tiny-llama")
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
-    LlamaForCausalLM(config).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(smollm_path).save_pretrained(directory)
-    return str(directory)
 
 
 def arithmetic(pairs: list[tuple[int, int]]) -> list[dict]:

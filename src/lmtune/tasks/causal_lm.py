@@ -440,6 +440,13 @@ class CausalLmTask(Task):
         formats = {split: info["format"] for split, info in prepared.infos.items()}
         return {"format": formats, **prepared.summary(self.overlap_key)}
 
+    def continues_adapter(self) -> bool:
+        """Whether training goes on from a finished run's adapter (`model.from_run: continue`):
+        then that adapter, not the bare base, is the starting policy a reference keeps."""
+        from lmtune.chaining import continues_adapter
+
+        return continues_adapter(self.cfg.model)
+
     def to_dataset(self, records: list[dict[str, Any]]) -> Any:
         return records_dataset(records, {"messages": "messages", "text": "text", "where": "text"})
 

@@ -243,21 +243,13 @@ def grpo_trainer_class() -> type:
             finally:
                 _drop_reference_adapter(self)  # a continued adapter's copy is not the trained model
 
-        def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-            """TRL writes README.md at every checkpoint; the run's card is lmtune's, written at the end."""
-
-        def _send_telemetry(self) -> None:
-            """TRL pings the Hugging Face Hub when a trainer starts; lmtune trains offline."""
-
     return LmtuneGrpoTrainer
 
 
 def _drop_reference_adapter(trainer: Any) -> None:
-    from accelerate.utils import is_peft_model
+    from lmtune.tasks.preference import drop_reference_copy
 
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if is_peft_model(model) and "ref" in model.peft_config:
-        model.delete_adapter("ref")
+    drop_reference_copy(trainer.accelerator.unwrap_model(trainer.model))
 
 
 # ---- the task -----------------------------------------------------------------------------------
@@ -294,15 +286,6 @@ class GrpoTask(CausalLmTask):
                 rewards.check_run_directory(s) if rewards.reward_kind(s) == "run" else s for s in specs
             ]
         }
-
-    def continues_adapter(self) -> bool:
-        """Whether training goes on from a finished run's adapter (then the reference keeps it)."""
-        from lmtune.models import resolve_model
-
-        m = self.cfg.model
-        if m.from_run != "continue":
-            return False
-        return resolve_model(m.name, m.revision, m.trust_remote_code, m.from_run).adapter is not None
 
     def bind(self, cfg: Any) -> None:
         super().bind(cfg)

@@ -415,13 +415,6 @@ def _preference_trainer_base() -> type:
                 output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in metrics.items()})
             return output
 
-        def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-            """TRL writes README.md into the output directory at every checkpoint; the run's card is
-            lmtune's (evaluation/report.py), written when the run completes."""
-
-        def _send_telemetry(self) -> None:
-            """TRL pings the Hugging Face Hub when a trainer starts; lmtune trains offline."""
-
     return PreferenceTrainer
 
 
@@ -488,15 +481,6 @@ class PreferenceTask(CausalLmTask):
 
     def resolved_options(self) -> dict[str, Any]:
         return self.options.settings()
-
-    def continues_adapter(self) -> bool:
-        """Whether training goes on from a finished run's adapter (its reference keeps that adapter)."""
-        from lmtune.models import resolve_model
-
-        m = self.cfg.model
-        if m.from_run != "continue":
-            return False
-        return resolve_model(m.name, m.revision, m.trust_remote_code, m.from_run).adapter is not None
 
     # ---- data: the hooks of Task.prepare_data ------------------------------------------------
     def prepare_data(self) -> PreparedData:

@@ -191,13 +191,6 @@ def reward_trainer_class() -> type:
                     self._metrics["eval"].pop(key, None)
             super().log(logs, start_time)
 
-        def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-            """TRL writes README.md into the output directory at every checkpoint; the run's
-            card is lmtune's (evaluation/report.py), written when the run completes."""
-
-        def _send_telemetry(self) -> None:
-            """TRL reports each trainer start to the Hugging Face Hub; lmtune sends no usage data."""
-
     return LmtuneRewardTrainer
 
 

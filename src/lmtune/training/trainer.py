@@ -271,6 +271,13 @@ class LmtuneTrainer(Trainer):
             sampler.lengths = [int(n) for n in sampler.lengths]
         return sampler
 
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """TRL's trainers write README.md into the output directory at every checkpoint; the run's
+        card is lmtune's (evaluation/report.py), written when the run completes."""
+
+    def _send_telemetry(self) -> None:
+        """TRL's trainers report each start to the Hugging Face Hub; lmtune sends no usage data."""
+
     def training_step(self, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         # TRL's GRPO hands the step a list of prompt rows, which it generates from: nothing to count.
         if not isinstance(inputs, dict):
