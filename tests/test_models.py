@@ -76,3 +76,32 @@ def test_gguf_model_is_converted_once_to_safetensors(tmp_path, monkeypatch):
     tokenizer = AutoTokenizer.from_pretrained(target)
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
     assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
+
+
+def test_threads_building_under_the_construction_lock_leave_transformers_intact(tiny_llama):
+    """Without the lock, two threads loading at once restore each other's stand-ins for
+    process-wide functions: tie_weights stays a no-op and a tied lm_head stays on the meta
+    device (2 threads x 30 loads reproduced it every time)."""
+    import threading
+
+    import torch
+    from transformers import AutoModelForCausalLM, PreTrainedModel
+
+    from lmtune.models import MODEL_CONSTRUCTION_LOCK
+
+    tie_weights, linspace, dtype = PreTrainedModel.tie_weights, torch.linspace, torch.get_default_dtype()
+
+    def load_repeatedly() -> None:
+        for _ in range(30):
+            with MODEL_CONSTRUCTION_LOCK:
+                AutoModelForCausalLM.from_pretrained(tiny_llama)
+
+    threads = [threading.Thread(target=load_repeatedly) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert PreTrainedModel.tie_weights is tie_weights and torch.linspace is linspace
+    assert torch.get_default_dtype() == dtype
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    assert not [name for name, p in model.named_parameters() if p.device.type == "meta"]

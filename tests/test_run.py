@@ -166,3 +166,49 @@ def test_an_empty_copy_filled_with_gathered_weights_computes_what_the_model_does
     ids = torch.randint(0, 64, (2, 7))
     with torch.no_grad():
         assert torch.equal(filled(input_ids=ids).logits, model.eval()(input_ids=ids).logits)
+
+
+def _held_by_another_thread(lock) -> bool:
+    """Whether `lock` is held, asked from a second thread (an RLock lets its owner re-enter)."""
+    import threading
+
+    free: list[bool] = []
+
+    def probe() -> None:
+        free.append(lock.acquire(blocking=False))
+        if free[0]:
+            lock.release()
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    return not free[0]
+
+
+def test_a_run_builds_adapts_and_reloads_its_model_under_the_construction_lock(
+    tiny_bert, sentiment_files, tmp_path, monkeypatch
+):
+    """transformers swaps process-wide functions while it builds a model, so parallel sweep
+    trials must not build at once: train's model building, the method's adaptation and
+    Run.load all hold MODEL_CONSTRUCTION_LOCK."""
+    from lmtune import models
+    from lmtune.methods.lora import LoraMethod
+    from lmtune.tasks.classification import ClassificationTask
+
+    held: dict[str, list[bool]] = {"build": [], "apply": []}
+    build, apply = ClassificationTask.build_model, LoraMethod.apply
+
+    def spy_build(self, *args, **kwargs):
+        held["build"].append(_held_by_another_thread(models.MODEL_CONSTRUCTION_LOCK))
+        return build(self, *args, **kwargs)
+
+    def spy_apply(self, *args, **kwargs):
+        held["apply"].append(_held_by_another_thread(models.MODEL_CONSTRUCTION_LOCK))
+        return apply(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClassificationTask, "build_model", spy_build)
+    monkeypatch.setattr(LoraMethod, "apply", spy_apply)
+    run = lmtune.train(tiny_config(tiny_bert, sentiment_files, tmp_path / "run"))
+    lmtune.load_run(run.directory)
+    assert held["apply"] == [True]
+    assert len(held["build"]) >= 2 and all(held["build"])  # trained, then reloaded

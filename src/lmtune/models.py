@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,15 @@ class ResolvedModel:
     revision: str | None = None
     # model.from_run "continue": the run's peft adapter, trained on from where it stopped.
     adapter: str | None = None
+
+
+# transformers' from_pretrained swaps process-wide functions while it builds a model
+# (PreTrainedModel.tie_weights, torch.linspace, torch.nn.init, the default dtype) and puts them
+# back afterwards. Two threads building at once (parallel sweep trials) put back each other's
+# stand-ins: tie_weights stays a no-op for the rest of the process and tied weights stay on the
+# meta device. Everything that builds or adapts a model in lmtune holds this lock; it is
+# re-entrant because building a run's model loads its base model.
+MODEL_CONSTRUCTION_LOCK = threading.RLock()
 
 
 def cache_dir() -> Path:
@@ -177,7 +187,8 @@ def _packaged_path(model: PackagedModel) -> Path:
         return source
     target = cache_dir() / "models" / model.name
     if not (target / "model.safetensors").exists():
-        _convert_gguf(source, target)
+        with MODEL_CONSTRUCTION_LOCK:
+            _convert_gguf(source, target)
     return target
 
 

@@ -33,7 +33,7 @@ from lmtune.errors import LmtuneError
 from lmtune.io import atomic_dir, write_json, write_text
 from lmtune.methods import get_method_class
 from lmtune.methods.base import Method, MethodContext, count_parameters
-from lmtune.models import resolve_model
+from lmtune.models import MODEL_CONSTRUCTION_LOCK, resolve_model
 from lmtune.tasks import get_task_class
 from lmtune.tasks.base import EvalResult, PreparedData, Task, default_device
 
@@ -345,7 +345,8 @@ def build_model(plan: RunPlan, prepared: PreparedRun) -> BuiltModel:
 
     resolved, task = prepared.resolved, prepared.task
     set_seed(resolved.train.seed)
-    model = task.build_model(plan.model_path, fresh_head=True)
+    with MODEL_CONSTRUCTION_LOCK:
+        model = task.build_model(plan.model_path, fresh_head=True)
 
     def measure_baseline() -> dict[str, Any] | None:
         splits, batch = prepared.data.splits, prepared.eval_batch_size
@@ -355,7 +356,8 @@ def build_model(plan: RunPlan, prepared: PreparedRun) -> BuiltModel:
     baseline = measure_baseline() if plan.adapter is None else None
     method = plan.method_cls(resolved.method.options)
     ctx = MethodContext(task=task, total_steps=prepared.total_steps, init_adapter=plan.adapter)
-    model = method.apply(model, ctx)
+    with MODEL_CONSTRUCTION_LOCK:
+        model = method.apply(model, ctx)
     if plan.adapter is not None:
         baseline = measure_baseline()
     if resolved.train.fast_dropout and default_device().type == "cpu":
@@ -672,7 +674,8 @@ class Run:
                 return task.build_model(ref.path, fresh_head=False)
             return task.build_model(path, fresh_head=False)
 
-        model = method.load(model_dir, build)
+        with MODEL_CONSTRUCTION_LOCK:
+            model = method.load(model_dir, build)
         model.to(device or default_device())
         model.eval()
         tokenizer = _load_tokenizer(str(model_dir), cfg)

@@ -628,12 +628,14 @@ class PreferenceTask(CausalLmTask):
         return np.array([self._reference[key] for key in keys])
 
     def _load_base(self, like: Any) -> Any:
-        from lmtune.models import resolve_model
+        from lmtune.models import MODEL_CONSTRUCTION_LOCK, resolve_model
 
         if self._base_model is None:
             m = self.cfg.model
             path = resolve_model(m.name, m.revision, m.trust_remote_code, m.from_run).path
-            self._base_model = self.build_model(path, fresh_head=False).to(model_device(like)).eval()
+            with MODEL_CONSTRUCTION_LOCK:
+                base = self.build_model(path, fresh_head=False)
+            self._base_model = base.to(model_device(like)).eval()
         return self._base_model
 
     def preference_metrics(
