@@ -16,6 +16,27 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tests must not fill the user's tokenization cache (converted models stay in the shared cache).
 os.environ.setdefault("LMTUNE_TOKENIZED_CACHE", tempfile.mkdtemp(prefix="lmtune-test-tokenized-"))
 
+@pytest.fixture(autouse=True)
+def transformers_process_state_is_restored():
+    """Fail the test that leaves transformers' loading stand-ins in place (a tie_weights no-op,
+    a patched torch.linspace or default dtype): later tests would fail far from the cause."""
+    import sys
+
+    def state() -> tuple:
+        import torch
+
+        modeling = sys.modules.get("transformers.modeling_utils")
+        tie = modeling.PreTrainedModel.tie_weights if modeling is not None else None
+        return tie, torch.linspace, torch.get_default_dtype()
+
+    before = state()
+    yield
+    after = state()
+    if before[0] is None:  # transformers was first imported by this test
+        before = (after[0], *before[1:])
+    assert after == before, "process-wide state left changed (tie_weights, torch.linspace, default dtype)"
+
+
 POSITIVE = ["great", "excellent", "wonderful", "fantastic", "lovely", "superb", "brilliant", "delightful"]
 NEGATIVE = ["awful", "terrible", "horrible", "dreadful", "bad", "poor", "disappointing", "boring"]
 SUBJECTS = [
