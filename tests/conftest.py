@@ -16,6 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tests must not fill the user's tokenization cache (converted models stay in the shared cache).
 os.environ.setdefault("LMTUNE_TOKENIZED_CACHE", tempfile.mkdtemp(prefix="lmtune-test-tokenized-"))
 
+
 @pytest.fixture(autouse=True)
 def transformers_process_state_is_restored():
     """Fail the test that leaves transformers' loading stand-ins in place (a tie_weights no-op,

@@ -286,7 +286,14 @@ def test_end_to_end_tiny_model(tiny_llama, tmp_path):
         assert np.isfinite(metrics[split]["eval_loss"])
         assert np.isclose(metrics[split]["perplexity"], np.exp(metrics[split]["eval_loss"]), rtol=1e-3)
     assert len(metrics["details"]["test"]["samples"]) == 2
-    assert "Sample generations (test" in (tmp_path / "run" / "report.md").read_text()
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Sample generations (test" in report and "| before training |" in report
+    # Every test chat ends in an answer: each is generated from and scored, before and after.
+    assert metrics["test"]["gen_samples"] == metrics["baseline"]["gen_samples"] >= 2
+    for split in ("baseline", "test"):
+        assert 0 <= metrics[split]["gen_exact_match"] <= 1 and 0 <= metrics[split]["gen_rougeL"] <= 100
+    assert len(metrics["baseline"]["samples"]) == 2
+    assert "| test, before training |" in report and "gen_rougeL" in report
     config = RunConfig.from_yaml(tmp_path / "run" / "config.yaml")
     assert config.task.model_extra["packing"] is True and config.train.metric_for_best_model == "eval_loss"
     assert metrics["train"]["examples_per_second"] >= metrics["train"]["samples_per_second"]
@@ -370,6 +377,7 @@ def test_smollm2_lora_memorises_an_answer(tmp_path):
         "SmolLM2-135M-Instruct",
         train,
         tmp_path / "run",
+        task={"sample_max_new_tokens": 16},
         method={"name": "lora", "r": 8, "target_modules": ["q_proj", "v_proj"]},
         data={"validation": str(test), "test": str(test), "max_length": 64},
         train={
@@ -385,6 +393,9 @@ def test_smollm2_lora_memorises_an_answer(tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     print("SmolLM2 LoRA memorisation:", metrics["baseline"], "->", metrics["test"])
     assert metrics["test"]["eval_loss"] < 0.5 * metrics["baseline"]["eval_loss"]
+    # The greedy answers to the test prompts: none was the code before, all are after.
+    assert metrics["baseline"]["gen_exact_match"] == 0.0 and metrics["test"]["gen_exact_match"] == 1.0
+    assert metrics["test"]["gen_rougeL"] == 100.0 > metrics["baseline"]["gen_rougeL"]
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log if "loss" in r]
     assert losses[-1] < losses[0]

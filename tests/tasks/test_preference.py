@@ -363,6 +363,10 @@ def test_dpo_run_saves_one_adapter_and_lmtunes_card(dpo_run):
     assert (
         "### Preference metrics (dpo)" in report and "| test, before training | 0.0000 | 0.0000 |" in report
     )
+    # Greedy answers to the test prompts scored against the chosen ones, before and after.
+    metrics = json.loads((dpo_run.directory / "metrics.json").read_text())
+    assert metrics["test"]["gen_samples"] == metrics["baseline"]["gen_samples"] > 0
+    assert "| before training |" in report and "gen_rougeL" in report
     card = (dpo_run.directory / "README.md").read_text()
     assert "tags: [lmtune, preference, lora]" in card and not re.search(r"\btrl\b", card, re.IGNORECASE)
 
@@ -465,6 +469,7 @@ def test_smollm2_lora_dpo_learns_the_preferred_format(tmp_path, data_files):
     print("SmolLM2 DPO LoRA:", before, "->", after, run.metrics["train"])
     assert before["reward_accuracy"] == 0 and after["reward_accuracy"] >= 0.8
     assert after["reward_margin"] > 0.1 and after["logp_margin"] > before["logp_margin"]
+    assert after["gen_samples"] == before["gen_samples"] > 0 and 0 <= after["gen_rougeL"] <= 100
     loaded = lmtune.load_run(tmp_path / "run")
     prompts = ["Do you like the ocean?"]
     assert loaded.predict(prompts, options={"max_new_tokens": 8}) == run.predict(

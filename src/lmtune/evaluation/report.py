@@ -24,10 +24,14 @@ HEADLINE = (
     "perplexity",
     "bleu",
     "rougeL",
+    "gen_exact_match",
+    "gen_rougeL",
+    "gen_bleu",
     "reward_accuracy",
     "reward_margin",
     "reward",
 )
+BEFORE_COLUMN = "test, before training"
 
 
 def _fmt(value: Any) -> str:
@@ -79,14 +83,47 @@ def per_label_table(column: str, scores: dict[str, dict[str, Any]]) -> list[str]
 
 
 def metrics_table(metrics: dict[str, Any]) -> list[str]:
+    """Headline metrics per split; beside them the untuned model's on test where it was measured."""
     splits = [s for s in ("validation", "test") if isinstance(metrics.get(s), dict)]
     if not splits:
         return []
+    columns = {s: metrics[s] for s in splits}
+    baseline = metrics.get("baseline")
+    if isinstance(baseline, dict) and any(isinstance(v, float) for v in baseline.values()):
+        columns = {BEFORE_COLUMN: baseline, **columns}
     keys = [k for k in HEADLINE if any(k in metrics[s] for s in splits)]
     keys += sorted({k for s in splits for k, v in metrics[s].items() if isinstance(v, float)} - set(keys))
     return markdown_table(
-        ["metric", *splits], ([key, *(_fmt(metrics[s].get(key, "")) for s in splits)] for key in keys)
+        ["metric", *columns],
+        ([key, *(_fmt(column.get(key, "")) for column in columns.values())] for key in keys),
     )
+
+
+def written_baseline(run_dir: Path) -> dict[str, Any]:
+    """The untuned model's measurements as metrics.json holds them ({} before it is written)."""
+    path = run_dir / "metrics.json"
+    written = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    baseline = written.get("baseline")
+    return baseline if isinstance(baseline, dict) else {}
+
+
+def samples_table(
+    samples: list[dict[str, Any]], earlier: list[dict[str, Any]] | None = None, *, score: str | None = None
+) -> list[str]:
+    """Sample generations beside their reference and, where given, the untuned model's for the
+    same prompts (`earlier`, in the same order); `score` names a per-sample number to show."""
+    earlier = earlier or []
+    header = ["prompt", "reference", *(["before training"] if earlier else []), "generation"]
+    rows = []
+    for i, sample in enumerate(samples):
+        then = [earlier[i]["generation"] if i < len(earlier) else ""] if earlier else []
+        row = [sample["prompt"], sample.get("reference") or "", *then, sample["generation"]]
+        if score is not None:
+            row.append(format_cell(sample.get(score)))
+        rows.append(row)
+    if score is not None:
+        header.append(score)
+    return markdown_table(header, rows, left=len(header) - (score is not None), width=200)
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

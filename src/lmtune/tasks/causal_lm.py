@@ -27,7 +27,11 @@ to each other, for eager, sdpa, flex and flash attention alike, provided no KV c
 so no example predicts the next one's first token.
 
 Evaluation is the token-weighted mean cross-entropy over answer tokens (`eval_loss`) and its
-exponential (`perplexity`), reduced per batch; logits are never accumulated.
+exponential (`perplexity`), reduced per batch; logits are never accumulated. Chats that end in
+an answer are also generated from greedily, for the first `task.generation_eval_samples` of a
+split, and scored against that answer (`gen_exact_match`, `gen_rougeL`, `gen_bleu`); the
+untuned model is scored the same way on test, and report.md shows its samples beside the
+tuned model's.
 """
 
 from __future__ import annotations
@@ -36,7 +40,6 @@ import bisect
 import json
 import logging
 import math
-import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -48,6 +51,8 @@ from lmtune.data.preference import ROLES, SHAREGPT_ROLES, check_turn_fields, che
 from lmtune.data.readers import Table, read_table
 from lmtune.data.splits import SplitRecords
 from lmtune.errors import LmtuneError
+from lmtune.evaluation.generation import generation_metrics
+from lmtune.evaluation.report import samples_table, section, written_baseline
 from lmtune.tasks.base import EvalResult, PreparedData, Rows, Task, inference_batches, records_dataset
 from lmtune.tasks.classification import apply_dropout
 
@@ -70,8 +75,26 @@ IGNORE = -100
 LOGITS_BUDGET_BYTES = 256 * 1024 * 1024
 
 
-class CausalLmOptions(BaseModel):
+class GenerationEvalOptions(BaseModel):
+    """How a decoder run with reference answers scores its generations (SFT, preference)."""
+
     model_config = ConfigDict(extra="forbid")
+    generation_eval_samples: int = Field(
+        default=32,
+        ge=0,
+        le=10_000,
+        description="Prompts with a reference answer (the first of each evaluated split) whose greedy "
+        "generations are scored: exact match, ROUGE-L, BLEU; 0 turns the scoring off.",
+    )
+    sample_generations: int = Field(
+        default=3, ge=0, le=20, description="Test prompts whose generations the report shows."
+    )
+    sample_max_new_tokens: int = Field(
+        default=64, ge=1, le=2048, description="Length limit of the scored and the shown generations."
+    )
+
+
+class CausalLmOptions(GenerationEvalOptions):
     format: Literal["auto", "alpaca", "messages", "sharegpt", "text"] = Field(
         default="auto", description="Data format; auto detects it per file from the columns."
     )
@@ -82,12 +105,6 @@ class CausalLmOptions(BaseModel):
         default="auto",
         description="Pack several examples into each max_length row (position ids restart per "
         "example, no attention across examples); auto: on where the architecture supports it.",
-    )
-    sample_generations: int = Field(
-        default=3, ge=0, le=20, description="Test prompts whose generations the report shows."
-    )
-    sample_max_new_tokens: int = Field(
-        default=64, ge=1, le=2048, description="Length limit of the report's sample generations."
     )
 
 
@@ -626,22 +643,47 @@ class CausalLmTask(Task):
 
     def evaluate(self, model: Any, tokenizer: Any, dataset: Any, batch_size: int) -> EvalResult:
         metrics = self.loss(model, tokenizer, dataset, batch_size)
-        samples = []
-        chats = [r for r in dataset if r["text"] is None][: self.options.sample_generations]
-        if chats:
-            prompts = [{"messages": prompt_and_reference(r["messages"])[0]} for r in chats]
-            opts = GenerationOptions(max_new_tokens=self.options.sample_max_new_tokens)
-            outputs = self.predict(model, tokenizer, prompts, batch_size, opts)
-            for record, out in zip(chats, outputs, strict=True):
-                reference = prompt_and_reference(record["messages"])[1]
-                samples.append(
-                    {"prompt": out["prompt"], "reference": reference, "generation": out["generation"]}
-                )
-        return EvalResult(metrics=metrics, details={"samples": samples})
+        scores, samples = self.generation_eval(model, tokenizer, dataset, batch_size)
+        return EvalResult(metrics={**metrics, **scores}, details={"samples": samples})
 
     def baseline(self, model: Any, tokenizer: Any, splits: dict[str, Any], batch_size: int) -> dict[str, Any]:
         metrics = self.loss(model, tokenizer, splits["test"], batch_size)
-        return {"eval_loss": metrics["eval_loss"], "perplexity": metrics["perplexity"]}
+        scores, samples = self.generation_eval(model, tokenizer, splits["test"], batch_size)
+        loss = {"eval_loss": metrics["eval_loss"], "perplexity": metrics["perplexity"]}
+        return {**loss, **scores, "samples": samples}
+
+    def reference_prompts(self, dataset: Any, limit: int) -> list[tuple[dict[str, Any], str]]:
+        """(prompt, reference answer) of the first `limit` chats that end in an answer."""
+        pairs: list[tuple[dict[str, Any], str]] = []
+        for record in dataset:
+            if len(pairs) >= limit:
+                break
+            if record["text"] is None:
+                prompt, reference = prompt_and_reference(record["messages"])
+                if reference:
+                    pairs.append(({"messages": prompt}, reference))
+        return pairs
+
+    def generation_eval(
+        self, model: Any, tokenizer: Any, dataset: Any, batch_size: int
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Generation metrics of the first `generation_eval_samples` prompts with a reference, and
+        the first `sample_generations` of them for the report: one greedy pass serves both."""
+        opts = self.options
+        pairs = self.reference_prompts(dataset, max(opts.generation_eval_samples, opts.sample_generations))
+        if not pairs:
+            return {}, []
+        generation = GenerationOptions(max_new_tokens=opts.sample_max_new_tokens)
+        outputs = self.predict(model, tokenizer, [prompt for prompt, _ in pairs], batch_size, generation)
+        hypotheses = [out["generation"] for out in outputs]
+        references = [reference for _, reference in pairs]
+        n = opts.generation_eval_samples
+        scores = generation_metrics(hypotheses[:n], references[:n]) if n else {}
+        samples = [
+            {"prompt": out["prompt"], "reference": reference, "generation": out["generation"]}
+            for out, reference in zip(outputs, references, strict=True)
+        ]
+        return scores, samples[: opts.sample_generations]
 
     # ---- generation ---------------------------------------------------------------------------
     def _prompt(
@@ -699,20 +741,14 @@ class CausalLmTask(Task):
 
     # ---- report -------------------------------------------------------------------------------
     def report_sections(self, results: dict[str, EvalResult], run_dir: Path) -> list[str]:
+        """Sample generations of each split; on test beside the untuned model's."""
+        before = written_baseline(run_dir)
         lines: list[str] = []
         for split, result in results.items():
             samples = result.details.get("samples") or []
-            if not samples:
-                continue
-            lines += [f"### Sample generations ({split}, greedy)", ""]
-            for n, s in enumerate(samples, start=1):
-                lines += [
-                    f"**{n}. Prompt:** {_quote(s['prompt'])}",
-                    "",
-                    f"- reference: {_quote(s['reference'] or '')}",
-                    f"- generated: {_quote(s['generation'])}",
-                    "",
-                ]
+            if samples:
+                earlier = (before.get("samples") or []) if split == "test" else []
+                lines += section(f"Sample generations ({split}, greedy)", samples_table(samples, earlier))
         return lines
 
 
@@ -731,8 +767,3 @@ def _until_eos(ids: list[int], eos_ids: list[int]) -> list[int]:
         if token in eos_ids:
             return ids[:k]
     return ids
-
-
-def _quote(text: str, limit: int = 400) -> str:
-    text = re.sub(r"\s+", " ", text).strip()
-    return (text[:limit] + " ...") if len(text) > limit else text

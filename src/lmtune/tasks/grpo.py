@@ -478,11 +478,9 @@ class GrpoTask(CausalLmTask):
 
     def report_sections(self, results: dict[str, EvalResult], run_dir: Path) -> list[str]:
         """Rewards before and after, and sample generations (the untuned model's beside them on test)."""
-        from lmtune.evaluation.report import markdown_table, section
+        from lmtune.evaluation.report import markdown_table, samples_table, section, written_baseline
 
-        metrics_file = run_dir / "metrics.json"
-        written = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.exists() else {}
-        before = written.get("baseline") or {}
+        before = written_baseline(run_dir)
         lines: list[str] = []
         test = results.get("test")
         if test is not None:
@@ -497,19 +495,9 @@ class GrpoTask(CausalLmTask):
             samples = result.details.get("samples") or []
             if samples:
                 earlier = (before.get("samples") or []) if split == "test" else []
-                lines += section(f"Sample generations ({split}, greedy)", _samples_table(samples, earlier))
+                table = samples_table(samples, earlier, score="reward")
+                lines += section(f"Sample generations ({split}, greedy)", table)
         return lines
-
-
-def _samples_table(samples: list[dict[str, Any]], earlier: list[dict[str, Any]]) -> list[str]:
-    from lmtune.evaluation.report import markdown_table
-
-    header = ["prompt", "reference", *(["before"] if earlier else []), "generation", "reward"]
-    rows = []
-    for i, s in enumerate(samples):
-        then = [earlier[i]["generation"] if i < len(earlier) else ""] if earlier else []
-        rows.append([s["prompt"], s["reference"] or "", *then, s["generation"], _number(s["reward"])])
-    return markdown_table(header, rows, left=len(header) - 1, width=200)
 
 
 def _number(value: Any) -> str:

@@ -57,7 +57,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from lmtune.data.preference import (
     check_prompt_lengths,
@@ -68,8 +68,14 @@ from lmtune.data.preference import (
 from lmtune.data.readers import read_table
 from lmtune.data.splits import Carving, SplitRecords
 from lmtune.errors import LmtuneError
+from lmtune.evaluation.report import written_baseline
 from lmtune.tasks.base import EvalResult, PreparedData, Task, inference_batches, model_device, records_dataset
-from lmtune.tasks.causal_lm import LOGITS_BUDGET_BYTES, CausalLmTask, GenerationOptions, ensure_chat_template
+from lmtune.tasks.causal_lm import (
+    LOGITS_BUDGET_BYTES,
+    CausalLmTask,
+    GenerationEvalOptions,
+    ensure_chat_template,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +114,7 @@ UNPAIRED_COLUMNS = (
 )
 
 
-class PreferenceOptions(BaseModel):
+class PreferenceOptions(GenerationEvalOptions):
     model_config = ConfigDict(extra="forbid")
     algorithm: Literal["dpo", "ipo", "orpo", "simpo", "kto"] = Field(
         default="dpo", description="dpo, ipo, orpo, simpo (pairwise data) or kto (unpaired data)."
@@ -145,12 +151,6 @@ class PreferenceOptions(BaseModel):
         default=None,
         description="dpo/ipo/kto: compute the reference log-probs once before training instead of "
         "at every step (no frozen copy in memory with full fine-tuning; default false).",
-    )
-    sample_generations: int = Field(
-        default=3, ge=0, le=20, description="Test prompts whose generations the report shows."
-    )
-    sample_max_new_tokens: int = Field(
-        default=64, ge=1, le=2048, description="Length limit of the report's sample generations."
     )
 
     @model_validator(mode="after")
@@ -463,7 +463,6 @@ class PreferenceTask(CausalLmTask):
         # Reference log-prob of each scored token sequence (see `reference_logps`).
         self._reference: dict[bytes, float] = {}
         self._base_model: Any = None
-        self._before: dict[str, Any] | None = None  # baseline's test metrics, for the report
         if self.options.algorithm == "kto" and cfg.train.batch_size < 2:
             raise LmtuneError(
                 "algorithm kto needs train.batch_size of at least 2: its KL estimate pairs each "
@@ -668,40 +667,35 @@ class PreferenceTask(CausalLmTask):
 
     def evaluate(self, model: Any, tokenizer: Any, dataset: Any, batch_size: int) -> EvalResult:
         metrics = self.preference_metrics(model, tokenizer, dataset, batch_size)
-        return EvalResult(
-            metrics=metrics, details={"samples": self._samples(model, tokenizer, dataset, batch_size)}
-        )
+        scores, samples = self.generation_eval(model, tokenizer, dataset, batch_size)
+        return EvalResult(metrics={**metrics, **scores}, details={"samples": samples})
 
     def baseline(self, model: Any, tokenizer: Any, splits: dict[str, Any], batch_size: int) -> dict[str, Any]:
         """The untuned model on test (rewards 0 where they are relative to it). It is the reference,
         so its log-probs on validation and test are kept for every later evaluation."""
         if "validation" in splits and self.options.algorithm not in REFERENCE_FREE:
             self.preference_metrics(model, tokenizer, splits["validation"], batch_size, is_reference=True)
-        self._before = self.preference_metrics(
-            model, tokenizer, splits["test"], batch_size, is_reference=True
-        )
-        return self._before
+        metrics = self.preference_metrics(model, tokenizer, splits["test"], batch_size, is_reference=True)
+        scores, samples = self.generation_eval(model, tokenizer, splits["test"], batch_size)
+        return {**metrics, **scores, "samples": samples}
 
-    def _samples(self, model: Any, tokenizer: Any, dataset: Any, batch_size: int) -> list[dict[str, Any]]:
-        """Greedy generations for the first prompts, beside the chosen (or desirable) answer."""
-        n = self.options.sample_generations
+    def reference_prompts(self, dataset: Any, limit: int) -> list[tuple[dict[str, Any], str]]:
+        """(prompt, the chosen or a desirable answer) of the first `limit` records."""
         answer = self.answer_fields[0]
-        rows = [r for r in dataset if self.pairwise or r["label"]][:n]
-        if not rows:
-            return []
-        prompts = [{"messages": r["prompt"]} for r in rows]
-        opts = GenerationOptions(max_new_tokens=self.options.sample_max_new_tokens)
-        outputs = self.predict(model, tokenizer, prompts, batch_size, opts)
-        return [
-            {"prompt": out["prompt"], "reference": r[answer][-1]["content"], "generation": out["generation"]}
-            for r, out in zip(rows, outputs, strict=True)
-        ]
+        pairs: list[tuple[dict[str, Any], str]] = []
+        for record in dataset:
+            if len(pairs) >= limit:
+                break
+            if self.pairwise or record["label"]:
+                pairs.append(({"messages": record["prompt"]}, record[answer][-1]["content"]))
+        return pairs
 
     def report_sections(self, results: dict[str, EvalResult], run_dir: Path) -> list[str]:
         """A table of the reward and log-prob metrics, before training (test) and after."""
         rows = [(f"{split}", result.metrics) for split, result in results.items()]
-        if self._before is not None:
-            rows.insert(0, ("test, before training", self._before))
+        before = written_baseline(run_dir)
+        if before:
+            rows.insert(0, ("test, before training", before))
         keys = PAIR_COLUMNS if self.pairwise else UNPAIRED_COLUMNS
         lines = [f"### Preference metrics ({self.options.algorithm})", ""]
         lines += ["| split | " + " | ".join(k.replace("_", " ") for k in keys) + " |"]

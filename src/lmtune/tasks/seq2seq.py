@@ -22,6 +22,7 @@ from lmtune.data import checks
 from lmtune.data.readers import Table, read_table
 from lmtune.data.splits import SplitRecords
 from lmtune.errors import LmtuneError
+from lmtune.evaluation.generation import CJK, bleu_scores, is_chinese, rouge_scores
 from lmtune.models import warm_start_encoder
 from lmtune.tasks.base import EvalResult, Rows, Task, inference_batches
 from lmtune.tasks.classification import _DropLengthCollator, apply_dropout
@@ -83,52 +84,8 @@ SOURCE_COLUMNS = ("source", "src", "input", "input_text", "source_text", "docume
 # A column named like a language code: en, zh, de, pt-br, zh_cn ...
 _LANG_CODE = re.compile(r"^[a-z]{2,3}([-_][a-z]{2,4})?$")
 
-_CJK = "\u2e80-\u2fdf\u3040-\u30ff\u3100-\u312f\u31a0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_ROUGE_TOKEN = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
 # WordPiece decoding puts a space between every CJK character; Chinese is written without.
-_CJK_GAP = re.compile(rf"(?<=[{_CJK}\u3000-\u303f\uff00-\uffef])\s+(?=[{_CJK}\u3000-\u303f\uff00-\uffef])")
-
-
-class RougeTokenizer:
-    """Lowercased words, and each CJK character as a token.
-
-    rouge-score's default tokenizer keeps only [a-z0-9], so Chinese text scores 0; Chinese
-    ROUGE is conventionally computed on characters (e.g. LCSTS).
-    """
-
-    def tokenize(self, text: str) -> list[str]:
-        return _ROUGE_TOKEN.findall(text.lower())
-
-
-def is_chinese(lang: str | None) -> bool:
-    return bool(lang) and re.split(r"[-_]", lang.lower())[0] in ("zh", "cmn", "yue", "zho", "chi")
-
-
-def bleu_scores(hypotheses: list[str], references: list[str], tokenize: str, lowercase: bool) -> dict:
-    """Corpus BLEU and chrF (sacreBLEU, 0-100) against one reference per hypothesis."""
-    import sacrebleu
-
-    bleu = sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize, lowercase=lowercase)
-    if lowercase:
-        hypotheses = [h.lower() for h in hypotheses]
-        references = [r.lower() for r in references]
-    chrf = sacrebleu.corpus_chrf(hypotheses, [references])
-    return {"bleu": float(bleu.score), "chrf": float(chrf.score)}
-
-
-def rouge_scores(hypotheses: list[str], references: list[str]) -> dict:
-    """Mean ROUGE-1/2/L F-measures (rouge-score, 0-100), words or CJK characters as tokens."""
-    from rouge_score import rouge_scorer
-
-    types = ["rouge1", "rouge2", "rougeL"]
-    scorer = rouge_scorer.RougeScorer(types, tokenizer=RougeTokenizer())
-    totals = dict.fromkeys(types, 0.0)
-    for hyp, ref in zip(hypotheses, references, strict=True):
-        scores = scorer.score(ref, hyp)
-        for name in types:
-            totals[name] += scores[name].fmeasure
-    n = max(1, len(hypotheses))
-    return {name: 100 * value / n for name, value in totals.items()}
+_CJK_GAP = re.compile(rf"(?<=[{CJK}\u3000-\u303f\uff00-\uffef])\s+(?=[{CJK}\u3000-\u303f\uff00-\uffef])")
 
 
 class Seq2SeqTask(Task):
