@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.markup import escape
@@ -375,6 +376,12 @@ def compare(
     per_method_sweep: Annotated[
         int | None, typer.Option(min=1, help="Per method, sweep the learning rate over N trials.")
     ] = None,
+    across: Annotated[
+        str | None,
+        typer.Option(
+            help="One more config key to vary with every method: KEY=V1,V2 (task.algorithm=dpo,orpo)."
+        ),
+    ] = None,
     set_: SetConfigFlag = None,
 ) -> None:
     """Train several methods on the same data and budget; table, Pareto plot and recommendation."""
@@ -383,10 +390,20 @@ def compare(
     raw = _raw_config(config, _run_flags(model, task, train_file, validation, test, epochs), set_)
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     _quiet_libraries()
-    result = run_compare(raw, chosen, output_dir, per_method_sweep)
+    result = run_compare(raw, chosen, output_dir, per_method_sweep, _across(across))
     _print_markdown(Path(output_dir) / "comparison.md")
     if not result["recommendation"]:
         raise LmtuneError("no method finished", hint=f"see the reasons in {output_dir}/comparison.md")
+
+
+def _across(flag: str | None) -> tuple[str, list[Any]] | None:
+    """`KEY=V1,V2` as (KEY, [V1, V2]); values read as YAML scalars (0.1 is a number)."""
+    if flag is None:
+        return None
+    key, sep, values = flag.partition("=")
+    if not sep or not key.strip():
+        raise LmtuneError(f"--across {flag!r}: expected KEY=V1,V2", hint="--across task.algorithm=dpo,orpo")
+    return key.strip(), [yaml.safe_load(v.strip()) for v in values.split(",") if v.strip()]
 
 
 @app.command()

@@ -136,16 +136,10 @@ def latency(
 
 
 def make_batches(task: Any, tokenizer: Any, dataset: Any, batch_size: int, count: int) -> list[dict]:
-    """`count` collated batches of real test rows (wrapping around a small test set)."""
-    features = [dict(row) for row in task.tokenize(dataset, tokenizer)]
-    if not features:
+    """`count` batches of real test rows as the model's forward pass takes them."""
+    if len(dataset) == 0:
         raise LmtuneError("the run's test split is empty", hint="nothing to measure on")
-    collate = task.collator(tokenizer)
-    batches = []
-    for b in range(count):
-        rows = [features[(b * batch_size + i) % len(features)] for i in range(batch_size)]
-        batches.append({k: v for k, v in collate(rows).items() if k != "labels"})
-    return batches
+    return task.forward_batches(tokenizer, dataset, batch_size, count)
 
 
 # ---- data ------------------------------------------------------------------------------------

@@ -36,14 +36,25 @@ def _dir_size_mb(path: Path) -> float:
     return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 3)
 
 
+def variant_label(method: str, setting: tuple[str, Any] | None) -> str:
+    """A row's name: the method, and with `--across` the value it was paired with."""
+    return method if setting is None else f"{method}/{setting[1]}"
+
+
 def _method_config(
-    base: dict[str, Any], method: str, out: Path, per_method_sweep: int | None
+    base: dict[str, Any],
+    method: str,
+    out: Path,
+    per_method_sweep: int | None,
+    setting: tuple[str, Any] | None = None,
 ) -> dict[str, Any]:
     from lmtune.methods import get_method_class
 
     raw = copy.deepcopy(base)
     set_dotted(raw, ["method", "name"], method)
-    raw["output_dir"] = str(out / method)
+    if setting is not None:
+        set_dotted(raw, setting[0].split("."), setting[1])
+    raw["output_dir"] = str(out / _dir_name(variant_label(method, setting)))
     if per_method_sweep:
         lr = raw.get("train", {}).get("learning_rate") or get_method_class(method).default_learning_rate
         raw["sweep"] = {
@@ -62,6 +73,10 @@ def _method_config(
     return raw
 
 
+def _dir_name(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in label)
+
+
 def _last_error_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
@@ -69,12 +84,12 @@ def _last_error_line(text: str) -> str:
 
 
 def _run_method(raw: dict[str, Any], method: str, out: Path, per_method_sweep: int | None) -> dict[str, Any]:
-    """Train one method in a subprocess; returns its row (status ok/skipped/failed)."""
+    """Train one method (a row's label) in a subprocess; returns its row (status ok/skipped/failed)."""
     from lmtune.training.tracking import EXPERIMENT_ENV, TRACKING_DIR_ENV
 
-    config_path = out / "configs" / f"{method}.yaml"
+    config_path = out / "configs" / f"{_dir_name(method)}.yaml"
     write_text(config_path, yaml.safe_dump(raw, sort_keys=False))
-    run_dir = out / method
+    run_dir = Path(raw["output_dir"])
     if per_method_sweep:
         command = [sys.executable, "-m", "lmtune", "sweep", str(config_path), "--output-dir", str(run_dir)]
     else:
@@ -139,13 +154,29 @@ def recommend(rows: list[dict[str, Any]], greater: bool) -> dict[str, Any]:
     }
 
 
+def _settings(across: tuple[str, list[Any]] | None) -> list[tuple[str, Any] | None]:
+    """The values `--across KEY=V1,V2` pairs with every method (None: no second axis)."""
+    if across is None:
+        return [None]
+    key, values = across
+    if len(key.split(".")) < 2 or not values:
+        raise LmtuneError(
+            f"--across {key}: give a dotted config key and values", hint="task.algorithm=dpo,orpo"
+        )
+    if len({str(v) for v in values}) != len(values):
+        raise LmtuneError(f"--across {key} lists a value twice")
+    return [(key, value) for value in values]
+
+
 def compare(
     base: dict[str, Any],
     methods: list[str] | None,
     output_dir: str | Path,
     per_method_sweep: int | None = None,
+    across: tuple[str, list[Any]] | None = None,
 ) -> dict[str, Any]:
-    """Train each method on the same config; write the comparison table, plots and recommendation."""
+    """Train each method (with `across`, each method x value of one more config key) on the same
+    config; write the comparison table, plots and recommendation."""
     from lmtune.methods import METHODS
     from lmtune.search.plots import bars_png, pareto_front, pareto_png
     from lmtune.search.sweep import objective_metric
@@ -158,14 +189,24 @@ def compare(
         METHODS.get(name)  # unknown names fail here, with a suggestion, before anything trains
     if len(set(chosen)) != len(chosen):
         raise LmtuneError("--methods lists a method twice")
-    probe = RunConfig.from_dict({**base, "output_dir": str(out / "probe")}, source="compare")
-    metric, greater = objective_metric(probe)
+    settings = _settings(across)
+    metrics = set()
+    for setting in settings:  # a bad value fails here too, before anything trains
+        raw = _method_config(base, chosen[0], out / "probe", None, setting)
+        metrics.add(objective_metric(RunConfig.from_dict(raw, source="compare")))
+    if len(metrics) > 1:
+        raise LmtuneError(
+            f"--across {across[0] if across else ''}: the values are ranked by different metrics "
+            f"({', '.join(sorted(m for m, _ in metrics))})",
+            hint="set train.metric_for_best_model to one metric for all of them",
+        )
+    metric, greater = metrics.pop()
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in chosen:
-        rows.append(
-            _run_method(_method_config(base, name, out, per_method_sweep), name, out, per_method_sweep)
-        )
+        for setting in settings:
+            raw = _method_config(base, name, out, per_method_sweep, setting)
+            rows.append(_run_method(raw, variant_label(name, setting), out, per_method_sweep))
     ok = [r for r in rows if r["status"] == "ok" and r.get("metric") is not None]
     plots = {}
     if ok:
@@ -176,6 +217,7 @@ def compare(
     result = {
         "metric": metric,
         "greater_is_better": greater,
+        "across": across[0] if across else None,
         "per_method_sweep": per_method_sweep,
         "rows": rows,
         "pareto_front": front,
@@ -183,7 +225,7 @@ def compare(
         "plots": plots,
     }
     write_json(out / "comparison.json", result)
-    _write_table(out, rows, metric, advice)
+    _write_table(out, rows, metric, advice, across[0] if across else None)
     return result
 
 
@@ -202,14 +244,16 @@ COLUMNS = [
 ]
 
 
-def _write_table(out: Path, rows: list[dict[str, Any]], metric: str, advice: dict[str, Any]) -> None:
+def _write_table(
+    out: Path, rows: list[dict[str, Any]], metric: str, advice: dict[str, Any], across: str | None
+) -> None:
     with open(out / "comparison.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow([key for key, _ in COLUMNS] + ["reason"])
         for r in rows:
             writer.writerow([r.get(key) for key, _ in COLUMNS] + [r.get("reason", "")])
     lines = [
-        f"# Method comparison (validation/test {metric})\n",
+        f"# Method{f' x {across}' if across else ''} comparison (validation/test {metric})\n",
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|---|---|" + "---:|" * (len(COLUMNS) - 2),
     ]

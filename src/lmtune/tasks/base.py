@@ -192,6 +192,13 @@ class Task(Capable):
     def collator(self, tokenizer: Any) -> Any:
         raise NotImplementedError
 
+    def forward_batches(self, tokenizer: Any, dataset: Dataset, batch_size: int, count: int) -> list[dict]:
+        """`count` batches of `batch_size` real rows of `dataset` (wrapping around a small one) as
+        the model's forward pass takes them: what export times and traces. A task whose trainer
+        collates for itself (collator None) overrides it."""
+        features = [dict(row) for row in self.tokenize(dataset, tokenizer)]
+        return batches_of(features, self.collator(tokenizer), batch_size, count)
+
     def trainer_spec(self) -> TrainerSpec:
         """Which Trainer trains this task (default: `LmtuneTrainer` with TrainingArguments).
 
@@ -290,6 +297,17 @@ def length_sorted_batches(
         index = order[start : start + rows]
         start += rows
         yield index, collator([features[i] for i in index])
+
+
+def batches_of(features: list[dict[str, Any]], collate: Any, batch_size: int, count: int) -> list[dict]:
+    """`count` collated batches of `batch_size` features (wrapping around), without labels."""
+    if not features:
+        raise LmtuneError("the split is empty", hint="nothing to measure on")
+    batches = []
+    for b in range(count):
+        rows = [features[(b * batch_size + i) % len(features)] for i in range(batch_size)]
+        batches.append({k: v for k, v in collate(rows).items() if k != "labels"})
+    return batches
 
 
 def inference_batches(

@@ -388,7 +388,7 @@ class CausalLmCollator:
         return out
 
 
-class _LeftPadCollator:
+class LeftPadCollator:
     """Prompts padded on the left, so that every prompt ends where generation starts."""
 
     def __init__(self, pad_token_id: int) -> None:
@@ -722,7 +722,7 @@ class CausalLmTask(Task):
         eos_ids = _eos_ids(model, tokenizer)
         sampling = {} if opts.greedy else {"temperature": opts.temperature, "top_p": opts.top_p}
         generations: list[str] = [""] * len(prompts)
-        for index, batch in inference_batches(self, model, prompts, _LeftPadCollator(pad_id), batch_size):
+        for index, batch in inference_batches(self, model, prompts, LeftPadCollator(pad_id), batch_size):
             out = model.generate(
                 **batch,
                 max_new_tokens=opts.max_new_tokens,

@@ -55,8 +55,16 @@ from lmtune.data import checks
 from lmtune.data.readers import Table, read_table
 from lmtune.data.splits import SplitRecords
 from lmtune.errors import LmtuneError
-from lmtune.tasks.base import EvalResult, PreparedData, Rows, Task, records_dataset
-from lmtune.tasks.causal_lm import CausalLmTask, GenerationOptions, check_conversation, ensure_chat_template
+from lmtune.tasks.base import EvalResult, PreparedData, Rows, Task, batches_of, records_dataset
+from lmtune.tasks.causal_lm import (
+    CausalLmTask,
+    GenerationOptions,
+    LeftPadCollator,
+    check_conversation,
+    ensure_chat_template,
+)
+from lmtune.tasks.preference import chat_ids
+from lmtune.tasks.reward_model import pad_id
 
 PROMPT_COLUMNS = ("prompt", "question", "problem", "query", "instruction", "messages")
 ANSWER_COLUMNS = ("answer", "solution", "reference")
@@ -397,6 +405,12 @@ class GrpoTask(CausalLmTask):
 
     def collator(self, tokenizer: Any) -> Any:
         return None  # GRPOTrainer batches prompt rows as they are
+
+    def forward_batches(self, tokenizer: Any, dataset: Any, batch_size: int, count: int) -> list[dict]:
+        """The prompts, chat template applied and left-padded: where generation starts."""
+        ensure_chat_template(tokenizer)
+        features = [{"input_ids": chat_ids(tokenizer, list(p), True)} for p in dataset["prompt"]]
+        return batches_of(features, LeftPadCollator(pad_id(tokenizer)), batch_size, count)
 
     def trainer_spec(self) -> Any:
         from trl import GRPOConfig

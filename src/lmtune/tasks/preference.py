@@ -69,13 +69,22 @@ from lmtune.data.readers import read_table
 from lmtune.data.splits import Carving, SplitRecords
 from lmtune.errors import LmtuneError
 from lmtune.evaluation.report import written_baseline
-from lmtune.tasks.base import EvalResult, PreparedData, Task, inference_batches, model_device, records_dataset
+from lmtune.tasks.base import (
+    EvalResult,
+    PreparedData,
+    Task,
+    batches_of,
+    inference_batches,
+    model_device,
+    records_dataset,
+)
 from lmtune.tasks.causal_lm import (
     LOGITS_BUDGET_BYTES,
     CausalLmTask,
     GenerationEvalOptions,
     ensure_chat_template,
 )
+from lmtune.tasks.reward_model import pad_id
 
 logger = logging.getLogger(__name__)
 
@@ -566,6 +575,12 @@ class PreferenceTask(CausalLmTask):
 
     def collator(self, tokenizer: Any) -> Any:
         return None  # TRL's preference collators
+
+    def forward_batches(self, tokenizer: Any, dataset: Any, batch_size: int, count: int) -> list[dict]:
+        """Prompt + answer sequences, left-padded as the evaluation scores them."""
+        features, _ = self._features(dataset, tokenizer)
+        batches = batches_of(features, CompletionCollator(pad_id(tokenizer)), batch_size, count)
+        return [{k: v for k, v in b.items() if k != "completion_mask"} for b in batches]
 
     def trainer_spec(self) -> Any:
         from lmtune.training.trainer import TrainerSpec
