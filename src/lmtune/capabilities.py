@@ -47,6 +47,8 @@ TASK_CAPABILITIES: dict[str, str] = {
     "(the same label set per example or per token)",
     "reward-scores": "`predict` on {prompt: messages, completion: text} inputs gives each a `score`, "
     "so a finished run of it can be a GRPO reward (`task.reward: RUN_DIR`)",
+    "chat-generation": "generates text from chat messages or a raw prompt (`generate_streaming`, "
+    "GenerationOptions): the server's OpenAI-compatible routes serve it",
 }
 
 

@@ -292,12 +292,16 @@ def serve(
     timeout_s: Annotated[float, typer.Option(min=0.001, help="Per-request limit before 504.")] = 30.0,
     max_request_items: Annotated[int, typer.Option(min=1, help="Inputs per request before 413.")] = 64,
     max_text_chars: Annotated[int, typer.Option(min=1, help="Characters per request before 413.")] = 20_000,
+    max_new_tokens: Annotated[
+        int, typer.Option(min=1, help="Most tokens an OpenAI-style request may generate (max_tokens).")
+    ] = 512,
     no_batching: Annotated[bool, typer.Option(help="One forward per request (for comparison).")] = False,
     admin_token_env: Annotated[
         str, typer.Option(help="Env var holding the bearer token for /admin (unset: admin disabled).")
     ] = "LMTUNE_ADMIN_TOKEN",
 ) -> None:
-    """Serve a run over HTTP: POST /predict, GET /info, /health, /metrics, /docs."""
+    """Serve a run over HTTP: POST /predict, GET /info, /health, /metrics, /docs; for runs that
+    generate text also OpenAI's /v1/chat/completions, /v1/completions and /v1/models."""
     extra: dict[str, str] = {}
     for spec in adapter or []:
         name, sep, path = spec.partition("=")

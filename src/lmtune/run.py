@@ -281,7 +281,7 @@ def prepare(plan: RunPlan) -> PreparedRun:
         train_set = tokenized["train"]
         train_rows = len(train_set)
         data.report["truncated_train"] = _count_truncated(train_set, resolved.data.max_length)
-    steps_per_epoch = math.ceil(train_rows / global_batch)
+    steps_per_epoch = math.ceil(train_rows * task.samples_per_row() / global_batch)
     total_steps = resolved.train.max_steps or math.ceil(steps_per_epoch * resolved.train.epochs)
     return PreparedRun(
         resolved=resolved,

@@ -287,6 +287,33 @@ def _check_saved_adapter(run_dir: Path) -> None:
     assert any(name.endswith("lora_B.weight") and tensor.abs().sum() > 0 for name, tensor in weights.items())
 
 
+def test_an_epoch_counts_every_completion_of_every_group(tiny_llama, tmp_path, monkeypatch):
+    """12 prompts x 2 completions in batches of 4 completions: 6 steps an epoch, as TRL's sampler
+    makes them; the methods (AdaLoRA's budget, gradual unfreezing) get the same count."""
+    from lmtune.methods.lora import LoraMethod
+
+    seen: list[int] = []
+    apply = LoraMethod.apply
+
+    def spy(self, model, ctx):
+        seen.append(ctx.total_steps)
+        return apply(self, model, ctx)
+
+    monkeypatch.setattr(LoraMethod, "apply", spy)
+    pairs = [(a, b) for a in range(4) for b in range(4)]
+    train = write_jsonl(tmp_path / "train.jsonl", arithmetic(pairs[:12]))
+    held_out = str(write_jsonl(tmp_path / "held_out.jsonl", arithmetic(pairs[12:])))
+    cfg = grpo_config(
+        tiny_llama,
+        train,
+        tmp_path / "run",
+        data={"validation": held_out, "test": held_out},
+        train={"max_steps": None, "epochs": 1},
+    )
+    run = lmtune.train(RunConfig.from_dict(cfg))
+    assert run.metrics["train"]["steps"] == 6 and seen == [6]
+
+
 def test_prompt_tuning_is_refused(tiny_llama, tmp_path):
     train = write_jsonl(tmp_path / "t.jsonl", arithmetic([(a, b) for a in range(3) for b in range(3)]))
     with pytest.raises(LmtuneError, match="accepts-virtual-tokens"):

@@ -6,6 +6,8 @@
     POST /admin/adapters     {"name", "run_dir"}: load an adapter at runtime (bearer token)
     DELETE /admin/adapters/{name}
     GET  /docs               OpenAPI (FastAPI)
+    /v1/models, /v1/chat/completions, /v1/completions   OpenAI-compatible, for runs that
+                             generate text (`serving/openai_api.py`)
 
 Predictions go through `Run.predict`, so the server answers exactly what `lmtune predict`
 answers and never special-cases a task: request items are strings or objects that the run's
@@ -67,6 +69,7 @@ class ServeSettings:
     timeout_s: float = 30.0
     max_request_items: int = 64
     max_text_chars: int = 20_000
+    max_new_tokens: int = 512  # the most tokens one OpenAI-style request may ask to generate
     batching: bool = True
     admin_token: str | None = None
     # Raw body limit, checked on Content-Length before JSON parsing. Default: what the largest
@@ -74,7 +77,7 @@ class ServeSettings:
     max_body_bytes: int | None = None
 
     def __post_init__(self) -> None:
-        for key in ("max_batch_size", "max_queue", "max_request_items", "max_text_chars"):
+        for key in ("max_batch_size", "max_queue", "max_request_items", "max_text_chars", "max_new_tokens"):
             if getattr(self, key) < 1:
                 raise LmtuneError(f"serve setting {key} must be >= 1, got {getattr(self, key)}")
         if self.max_wait_ms < 0 or self.timeout_s <= 0:
@@ -91,6 +94,7 @@ class ServeSettings:
             "timeout_s": self.timeout_s,
             "max_request_items": self.max_request_items,
             "max_text_chars": self.max_text_chars,
+            "max_new_tokens": self.max_new_tokens,
             "max_body_bytes": self.max_body_bytes,
         }
 
@@ -246,6 +250,14 @@ class AdapterPool:
         if adapter.shared and self.peft_model.active_adapter != name:
             self.peft_model.set_adapter(name, inference_mode=True)
         return adapter.run.predict(items, batch_size, options)
+
+    def stream(self, name: str, item: dict[str, Any], options: Any, streamer: Any) -> dict[str, Any]:
+        """One generation that feeds `streamer` as it goes; call in the model thread."""
+        adapter = self.get(name)
+        if adapter.shared and self.peft_model.active_adapter != name:
+            self.peft_model.set_adapter(name, inference_mode=True)
+        run = adapter.run
+        return run.task.generate_streaming(run.model, run.tokenizer, item, options, streamer)
 
 
 # ---- metrics ------------------------------------------------------------------------------------
@@ -416,6 +428,10 @@ def create_app(
     batcher.on_batch = served.metrics.observe_batch
     app = _make_app(served)
     _add_predict_route(app, served)
+    if pool.primary.task.supports("chat-generation"):
+        from lmtune.serving.openai_api import add_openai_routes
+
+        add_openai_routes(app, served)
     _add_status_routes(app, served)
     _add_admin_routes(app, served)
     return app

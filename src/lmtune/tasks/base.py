@@ -165,6 +165,10 @@ class Task(Capable):
         """Task options the data decided (e.g. multi-label, tag scheme), written into config.yaml."""
         return {}
 
+    def samples_per_row(self) -> int:
+        """Training samples one train row becomes: what the step count of an epoch is made of."""
+        return 1
+
     # Config data key -> attribute holding the column the data decided (found by common names).
     resolved_columns: ClassVar[dict[str, str]] = {}
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lmtune.data import checks
 from lmtune.data.preference import ROLES, SHAREGPT_ROLES, check_turn_fields, check_turn_order
@@ -53,7 +53,15 @@ from lmtune.data.splits import SplitRecords
 from lmtune.errors import LmtuneError
 from lmtune.evaluation.generation import generation_metrics
 from lmtune.evaluation.report import samples_table, section, written_baseline
-from lmtune.tasks.base import EvalResult, PreparedData, Rows, Task, inference_batches, records_dataset
+from lmtune.tasks.base import (
+    EvalResult,
+    PreparedData,
+    Rows,
+    Task,
+    inference_batches,
+    model_device,
+    records_dataset,
+)
 from lmtune.tasks.classification import apply_dropout
 
 logger = logging.getLogger(__name__)
@@ -118,6 +126,28 @@ class GenerationOptions(BaseModel):
     raw: bool = Field(
         default=False, description="Continue the text as is, without the chat template (pre-training runs)."
     )
+    stop: list[str] = Field(
+        default_factory=list,
+        max_length=4,
+        description="Strings that end a generation (not included in it); at most 4.",
+    )
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        description="Seed of the sampling (greedy: false); the same request alone samples the same text.",
+    )
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("stop")
+    @classmethod
+    def _non_empty_stops(cls, value: list[str]) -> list[str]:
+        if any(not stop for stop in value):
+            raise ValueError("a stop string must not be empty")
+        return value
 
 
 # ---- reading ------------------------------------------------------------------------------------
@@ -418,7 +448,7 @@ class CausalLmTask(Task):
     default_metric: ClassVar[str] = "eval_loss"
     # SmolLM2-135M LoRA SFT: 1.5x the tokens/s in bf16 autocast on an AMX CPU, same eval loss.
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"accepts-virtual-tokens", "loss-counts-items", "labelled-logits", "bf16-on-cpu"}
+        {"accepts-virtual-tokens", "loss-counts-items", "labelled-logits", "bf16-on-cpu", "chat-generation"}
     )
     greater_is_better: ClassVar[bool] = False
 
@@ -705,38 +735,89 @@ class CausalLmTask(Task):
             messages.insert(0, {"role": "system", "content": opts.system})
         return messages, messages[-1]["content"]
 
-    def predict(self, model: Any, tokenizer: Any, inputs: Rows, batch_size: int, options: Any = None) -> Rows:
-        opts: GenerationOptions = options if isinstance(options, GenerationOptions) else GenerationOptions()
+    def prompt_ids(
+        self, tokenizer: Any, item: dict[str, Any], opts: GenerationOptions
+    ) -> tuple[list[int], str]:
+        """The token ids generation starts from (chat template applied unless raw), and the prompt
+        as the output shows it."""
         ensure_chat_template(tokenizer)
-        prompts: list[dict[str, list[int]]] = []
-        shown: list[str] = []
-        for item in inputs:
-            source, prompt = self._prompt(item, opts)
-            if isinstance(source, str):
-                ids = list(tokenizer(source, add_special_tokens=True)["input_ids"])
-            else:
-                ids = _ids(tokenizer, _render(tokenizer, source, True))
-            prompts.append({"input_ids": ids})
-            shown.append(prompt)
+        source, shown = self._prompt(item, opts)
+        if isinstance(source, str):
+            return list(tokenizer(source, add_special_tokens=True)["input_ids"]), shown
+        return _ids(tokenizer, _render(tokenizer, source, True)), shown
+
+    def generate_arguments(self, model: Any, tokenizer: Any, opts: GenerationOptions) -> dict[str, Any]:
+        """What `model.generate` takes for these options (besides the inputs)."""
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        eos_ids = _eos_ids(model, tokenizer)
-        sampling = {} if opts.greedy else {"temperature": opts.temperature, "top_p": opts.top_p}
-        generations: list[str] = [""] * len(prompts)
-        for index, batch in inference_batches(self, model, prompts, LeftPadCollator(pad_id), batch_size):
+        arguments: dict[str, Any] = {
+            "max_new_tokens": opts.max_new_tokens,
+            "do_sample": not opts.greedy,
+            "eos_token_id": _eos_ids(model, tokenizer),
+            "pad_token_id": pad_id,
+        }
+        if not opts.greedy:
+            arguments |= {"temperature": opts.temperature, "top_p": opts.top_p}
+        if opts.stop:
+            arguments |= {"stop_strings": list(opts.stop), "tokenizer": tokenizer}
+        return arguments
+
+    def finished(
+        self, tokenizer: Any, ids: list[int], eos_ids: list[int], opts: GenerationOptions
+    ) -> dict[str, Any]:
+        """One generated row as text: cut at EOS or the first stop string (which is left out), with
+        its token count and why it ended ("stop" or "length"), as OpenAI's API reports them."""
+        kept = _until_eos(ids, eos_ids)
+        reason = "stop" if len(kept) < len(ids) and ids[len(kept)] in eos_ids else "length"
+        text = tokenizer.decode(kept, skip_special_tokens=True)
+        cuts = [text.find(stop) for stop in opts.stop if stop in text]
+        if cuts:
+            text, reason = text[: min(cuts)], "stop"
+        return {"generation": text.strip(), "completion_tokens": len(kept), "finish_reason": reason}
+
+    def generation_options(self, options: GenerationOptions) -> GenerationOptions:
+        """The options a generation runs with (a task may add its own defaults)."""
+        return options
+
+    def generate_streaming(
+        self, model: Any, tokenizer: Any, item: dict[str, Any], options: GenerationOptions, streamer: Any
+    ) -> dict[str, Any]:
+        """One generation whose text pieces go to `streamer` (transformers' TextIteratorStreamer)
+        as they are decoded; returns what `predict` gives for the item. The streamer is always
+        ended, so a reader never waits on a generation that failed."""
+        options = self.generation_options(options)
+        try:
+            ids, shown = self.prompt_ids(tokenizer, item, options)
+            arguments = self.generate_arguments(model, tokenizer, options)
+            if options.seed is not None:
+                torch.manual_seed(options.seed)
+            inputs = torch.tensor([ids], device=model_device(model))
             out = model.generate(
-                **batch,
-                max_new_tokens=opts.max_new_tokens,
-                do_sample=not opts.greedy,
-                eos_token_id=eos_ids,
-                pad_token_id=pad_id,
-                **sampling,
+                input_ids=inputs, attention_mask=torch.ones_like(inputs), streamer=streamer, **arguments
             )
+        finally:
+            streamer.end()
+        finished = self.finished(tokenizer, out[0, len(ids) :].tolist(), arguments["eos_token_id"], options)
+        return {"prompt": shown, **finished, "prompt_tokens": len(ids)}
+
+    def predict(self, model: Any, tokenizer: Any, inputs: Rows, batch_size: int, options: Any = None) -> Rows:
+        opts = self.generation_options(
+            options if isinstance(options, GenerationOptions) else GenerationOptions()
+        )
+        encoded = [self.prompt_ids(tokenizer, item, opts) for item in inputs]
+        prompts = [{"input_ids": ids} for ids, _ in encoded]
+        arguments = self.generate_arguments(model, tokenizer, opts)
+        outputs: list[dict[str, Any]] = [{} for _ in prompts]
+        collate = LeftPadCollator(arguments["pad_token_id"])
+        for index, batch in inference_batches(self, model, prompts, collate, batch_size):
+            if opts.seed is not None:
+                torch.manual_seed(opts.seed)
+            out = model.generate(**batch, **arguments)
             width = batch["input_ids"].shape[1]
             for row, i in zip(out[:, width:].tolist(), index, strict=True):
-                generations[i] = tokenizer.decode(_until_eos(row, eos_ids), skip_special_tokens=True).strip()
+                outputs[i] = self.finished(tokenizer, row, arguments["eos_token_id"], opts)
         return [
-            {"prompt": prompt, "generation": generation}
-            for prompt, generation in zip(shown, generations, strict=True)
+            {"prompt": shown, **out, "prompt_tokens": len(ids)}
+            for (ids, shown), out in zip(encoded, outputs, strict=True)
         ]
 
     # ---- report -------------------------------------------------------------------------------

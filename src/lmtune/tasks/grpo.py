@@ -55,7 +55,7 @@ from lmtune.data import checks
 from lmtune.data.readers import Table, read_table
 from lmtune.data.splits import SplitRecords
 from lmtune.errors import LmtuneError
-from lmtune.tasks.base import EvalResult, PreparedData, Rows, Task, batches_of, records_dataset
+from lmtune.tasks.base import EvalResult, PreparedData, Task, batches_of, records_dataset
 from lmtune.tasks.causal_lm import (
     CausalLmTask,
     GenerationOptions,
@@ -270,7 +270,7 @@ class GrpoTask(CausalLmTask):
     Options = GrpoOptions
     # Prompt/prefix tuning is refused (no accepts-virtual-tokens): TRL slices the completion's
     # log-probabilities by position, which virtual tokens shift.
-    capabilities: ClassVar[frozenset[str]] = frozenset({"bf16-on-cpu"})
+    capabilities: ClassVar[frozenset[str]] = frozenset({"bf16-on-cpu", "chat-generation"})
     default_metric: ClassVar[str] = "reward"
     greater_is_better: ClassVar[bool] = True
     resolved_columns: ClassVar[dict[str, str]] = {
@@ -406,6 +406,11 @@ class GrpoTask(CausalLmTask):
     def collator(self, tokenizer: Any) -> Any:
         return None  # GRPOTrainer batches prompt rows as they are
 
+    def samples_per_row(self) -> int:
+        """GRPOTrainer's sampler repeats every prompt once per completion of its group, and the
+        batch size counts completions."""
+        return self.options.num_generations
+
     def forward_batches(self, tokenizer: Any, dataset: Any, batch_size: int, count: int) -> list[dict]:
         """The prompts, chat template applied and left-padded: where generation starts."""
         ensure_chat_template(tokenizer)
@@ -450,11 +455,11 @@ class GrpoTask(CausalLmTask):
                 )
 
     # ---- evaluation and prediction -------------------------------------------------------------
-    def predict(self, model: Any, tokenizer: Any, inputs: Rows, batch_size: int, options: Any = None) -> Rows:
-        opts = options if isinstance(options, GenerationOptions) else GenerationOptions()
-        if opts.system is None and self.options.system:
-            opts = opts.model_copy(update={"system": self.options.system})
-        return super().predict(model, tokenizer, inputs, batch_size, opts)
+    def generation_options(self, options: GenerationOptions) -> GenerationOptions:
+        """The run's system prompt (task.system) unless the request brings its own."""
+        if options.system is None and self.options.system:
+            return options.model_copy(update={"system": self.options.system})
+        return options
 
     def evaluate(self, model: Any, tokenizer: Any, dataset: Any, batch_size: int) -> EvalResult:
         """Mean rewards of one greedy completion per prompt, and the generation speed."""
