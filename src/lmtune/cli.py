@@ -446,9 +446,13 @@ def export(
         int, typer.Option(min=0, help="Fine-tune pruned variants this many steps on the run's train data.")
     ] = 0,
     onnx: Annotated[bool, typer.Option("--onnx", help="ONNX variant, checked with onnxruntime.")] = False,
+    gguf: Annotated[
+        str | None, typer.Option(help="GGUF file of the merged decoder (llama.cpp, Ollama): f16 or q8_0.")
+    ] = None,
+    ollama: Annotated[bool, typer.Option("--ollama", help="With --gguf: an Ollama Modelfile.")] = False,
     benchmark: Annotated[bool, typer.Option(help="Measure CPU latency at batch 1 and 32.")] = True,
 ) -> None:
-    """Write merged/int8/pruned/ONNX variants of a run and a table comparing them."""
+    """Write merged/int8/pruned/ONNX/GGUF variants of a run and a table comparing them."""
     from lmtune.compress.export import TABLE_MD, ExportOptions, export_run
 
     _quiet_libraries()

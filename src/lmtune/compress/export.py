@@ -71,6 +71,8 @@ class ExportOptions:
     prune_heads: int | None = None
     recover_steps: int = 0
     onnx: bool = False
+    gguf: str | None = None  # f16 | q8_0: a GGUF file of the merged decoder (llama.cpp, Ollama)
+    ollama: bool = False  # with gguf: an Ollama Modelfile in to/ollama/
     benchmark: bool = True
     repetitions_b1: int = 30
     repetitions_b32: int = 5
@@ -315,6 +317,27 @@ def _build_onnx(ex: Export, source: Any, directory: Path | None) -> Built:
     return Built(onnx_model, extra=extra, counted=source)  # the graph holds the merged weights
 
 
+def _build_gguf(ex: Export, source: Any, directory: Path | None) -> Built:
+    """The merged decoder as a GGUF file, read back by transformers' GGUF loader: that reader's
+    model is what the row scores, and its logits are compared with the merged model's."""
+    from lmtune.compress import gguf_export
+
+    path = gguf_export.write_gguf(
+        source, ex.run.tokenizer, directory / f"model-{ex.opts.gguf}.gguf", ex.opts.gguf
+    )
+    reread = gguf_export.load_gguf(path)
+    parity = gguf_export.logit_parity(source, reread, [ex.b1[0], *ex.b32[:1]])
+    notes = [
+        f"{ex.opts.gguf}; llama.cpp/Ollama; read back by transformers: logits vs merged max abs diff "
+        f"{parity['max_abs_logit_diff']:.3g}, top-1 agreement {parity['top1_agreement']:.3f}"
+    ]
+    if ex.opts.ollama:
+        modelfile = gguf_export.ollama_modelfile(ex.run.tokenizer, path.name, ex.out / "ollama")
+        notes.append(f"ollama create NAME -f {modelfile.relative_to(ex.out)}")
+    extra = {f"gguf_{k}": round(v, 6) for k, v in parity.items()} | {"untimed": True}
+    return Built(reread, notes, extra, counted=source)
+
+
 def _pruned_name(opts: ExportOptions) -> str:
     return f"pruned-{round(opts.prune * 100)}"
 
@@ -333,6 +356,7 @@ VARIANTS: tuple[VariantSpec, ...] = (
     VariantSpec(_pruned_name, "prune", _build_pruned, ("dense storage: zeros take space",)),
     VariantSpec(_heads_name, "prune_heads", _build_heads_pruned, ("lmtune.compress.load_head_pruned(dir)",)),
     VariantSpec("onnx", "onnx", _build_onnx, ("onnxruntime CPU; dynamic batch and sequence axes",)),
+    VariantSpec("gguf", "gguf", _build_gguf, ("latency not timed: llama.cpp runs it, not torch",)),
 )
 
 
@@ -352,6 +376,11 @@ def export_run(run_dir: str | Path, to: str | Path, options: ExportOptions | Non
     run = Run.load(run_dir, device="cpu")
     peft = get_method_class(run.config.method.name).supports("peft-adapter")
     _check_options(opts, run.config.method.name, peft)
+    if opts.gguf is not None:
+        from lmtune.compress.gguf_export import check_file_type, check_supported
+
+        check_file_type(opts.gguf)
+        check_supported(getattr(run.model, "config", None))
     ex = _prepare(run, opts, out, peft)
     if opts.keep_adapter:
         merge_mod.copy_adapter(run.directory / "model", out / "adapter")
@@ -374,6 +403,12 @@ def _check_options(opts: ExportOptions, method: str, peft: bool) -> None:
             "int8, pruning and ONNX work on a standalone model, but --no-merge keeps the adapter separate",
             hint="drop --no-merge (the adapter is still written with --keep-adapter)",
         )
+    if opts.gguf is not None and not opts.merge:
+        raise LmtuneError(
+            "--gguf writes the merged model, and --no-merge skips merging", hint="drop --no-merge"
+        )
+    if opts.ollama and opts.gguf is None:
+        raise LmtuneError("--ollama needs --gguf (the Modelfile names the GGUF file)", hint="add --gguf q8_0")
     if opts.merge:
         merge_mod.check_mergeable(method)
     if opts.recover_steps and opts.prune is None and opts.prune_heads is None:
@@ -418,9 +453,9 @@ def measure(ex: Export, variant: Variant) -> dict[str, Any]:
         "onnx_max_abs_diff": variant.extra.get("onnx_max_abs_diff"),
         "notes": "; ".join(variant.notes),
         "metrics": result.metrics,
-        **{k: v for k, v in variant.extra.items() if k != "onnx_max_abs_diff"},
+        **{k: v for k, v in variant.extra.items() if k not in ("onnx_max_abs_diff", "untimed")},
     }
-    if opts.benchmark:
+    if opts.benchmark and not variant.extra.get("untimed"):
         row["latency_b1_p50_ms"], row["latency_b1_p95_ms"] = latency(
             variant.model, ex.b1, opts.repetitions_b1
         )
