@@ -40,19 +40,35 @@ def test_every_linear_layer_but_the_head_becomes_4bit_and_still_computes(minilm_
     assert similarity.min() > 0.95, similarity  # NF4 error over 6 layers (0.96 seen), not a broken layer
 
 
-def test_a_4bit_run_is_not_merged_into_its_quantized_base(minilm_path):
-    import pytest
+def test_a_4bit_run_merges_into_its_dequantized_base_in_full_precision(minilm_path):
+    """The merged model is plain fp32 transformers (no bitsandbytes layer left) and computes
+    what the 4-bit model with its adapter computes (fp32 compute: equal up to rounding)."""
+    import bitsandbytes as bnb
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
     from lmtune.compress.merge import merge
-    from lmtune.errors import LmtuneError
 
+    torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2)
-    quantize_linear_layers(model, QloraOptions(), KEEP_FULL_PRECISION)
-    model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", target_modules="all-linear"))
-    with pytest.raises(LmtuneError, match=r"trained on a quantized \(4-bit\) base"):
-        merge(model, "qlora")
+    quantize_linear_layers(model, QloraOptions(compute_dtype="fp32"), KEEP_FULL_PRECISION)
+    # Random B matrices: the adapter changes the outputs, so merging it has something to get right.
+    config = LoraConfig(task_type="SEQ_CLS", target_modules="all-linear", init_lora_weights=False)
+    adapted = get_peft_model(model, config).eval()
+    ids = torch.randint(1000, 3000, (3, 10))
+    with torch.no_grad():
+        expected = adapted(input_ids=ids).logits
+        base_only = adapted.get_base_model()
+        with adapted.disable_adapter():
+            without = base_only(input_ids=ids).logits
+    merged = merge(adapted, "qlora").eval()
+    assert type(merged) is BertForSequenceClassification
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in merged.modules())
+    assert all(p.dtype == torch.float32 for p in merged.parameters())
+    with torch.no_grad():
+        got = merged(input_ids=ids).logits
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+    assert not torch.allclose(without, expected, atol=1e-3)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes")
@@ -94,3 +110,34 @@ print(json.dumps({{
     for a, b in zip(report["trained"], report["reloaded"], strict=True):
         assert a["label"] == b["label"]
         assert a["scores"] == pytest.approx(b["scores"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_export_merges_a_qlora_run_and_reports_both_rows(minilm_path, sentiment_files, tmp_path):
+    """`lmtune export` of a QLoRA run: the 4-bit model as trained ('original') beside the merged
+    fp32 model, scored on the same test split; their class probabilities agree closely (the
+    4-bit layers compute in bf16 by default, the merged model in fp32)."""
+    import lmtune
+    from lmtune.compress.export import ExportOptions, export_run
+    from lmtune.config import RunConfig
+
+    cfg = fast_config(
+        "all-MiniLM-L6-v2", sentiment_files, tmp_path / "run", method="qlora", train={"epochs": 2}
+    )
+    run = lmtune.train(RunConfig.from_dict(cfg))
+    table = export_run(run.directory, tmp_path / "export", ExportOptions(benchmark=False))
+    rows = {row["variant"]: row for row in table["variants"]}
+    print("QLoRA 4-bit vs merged fp32:", rows["original"]["metrics"], rows["merged"]["metrics"])
+    assert rows["merged"]["metric"] == pytest.approx(rows["original"]["metric"], abs=1 / 16)
+    assert rows["merged"]["size_mb"] > rows["original"]["size_mb"]  # the whole fp32 model, not an adapter
+    from transformers import AutoModelForSequenceClassification
+
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export" / "merged").eval()
+    texts = ["the film was great", "this book was dreadful"]
+    batch = run.tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        plain = merged(**batch).logits.softmax(-1)
+    four_bit = torch.tensor(
+        [[p["scores"][label] for label in ("negative", "positive")] for p in run.predict(texts)]
+    )
+    assert torch.allclose(plain, four_bit, atol=0.02), (plain, four_bit)

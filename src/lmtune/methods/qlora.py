@@ -89,12 +89,28 @@ def quantize_linear_layers(model: nn.Module, options: QloraOptions, keep: tuple[
     return replaced
 
 
-class QloraMethod(LoraMethod, capabilities={"fixed-trainable-set", "peft-adapter"}):
-    refusals: ClassVar[dict[str, str]] = {
-        "mergeable": "its adapter was trained on a quantized (4-bit) base; merging into that gives "
-        "a quantized model, and merging into the full-precision base is not built (peft does it: "
-        "PeftModel.from_pretrained(base, dir).merge_and_unload())",
-    }
+def dequantize_linear_layers(model: nn.Module) -> int:
+    """Replace every 4-bit `Linear4bit` by an fp32 `nn.Linear` holding its de-quantized weights:
+    the base exactly as the adapter saw it in training, in full precision."""
+    bnb = _bitsandbytes()
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, bnb.nn.Linear4bit):
+                continue
+            weight = bnb.functional.dequantize_4bit(child.weight.data, child.weight.quant_state)
+            layer = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
+            layer.weight = nn.Parameter(
+                weight.to(torch.float32).reshape(layer.weight.shape), requires_grad=False
+            )
+            if child.bias is not None:
+                layer.bias = nn.Parameter(child.bias.data.detach().to(torch.float32), requires_grad=False)
+            setattr(parent, name, layer.to(weight.device))
+            replaced += 1
+    return replaced
+
+
+class QloraMethod(LoraMethod, capabilities={"fixed-trainable-set", "peft-adapter", "mergeable"}):
     name: ClassVar[str] = "qlora"
     description: ClassVar[str] = "LoRA on a 4-bit NF4 base via bitsandbytes (about 1/8 of the base memory)."
     Options = QloraOptions
@@ -120,3 +136,22 @@ class QloraMethod(LoraMethod, capabilities={"fixed-trainable-set", "peft-adapter
         saved = PeftConfig.from_pretrained(str(directory)).modules_to_save or []
         self._quantize(base, tuple(saved))
         return PeftModel.from_pretrained(base, str(directory))
+
+    @classmethod
+    def merged(cls, model: nn.Module) -> nn.Module:
+        """The adapter merged into the de-quantized base: an fp32 model without bitsandbytes.
+
+        peft's own merge into `Linear4bit` quantizes the sum again (a 4-bit model, and a second
+        rounding); here the adapter is lifted off, the 4-bit base is de-quantized to the weights
+        training saw, and the adapter is put back on the fp32 base and merged there.
+        """
+        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+        name = model.active_adapter
+        config = model.peft_config[name]
+        state = get_peft_model_state_dict(model, adapter_name=name)
+        base = model.unload()
+        dequantize_linear_layers(base)
+        plain = get_peft_model(base, config, adapter_name=name)
+        set_peft_model_state_dict(plain, state, adapter_name=name)
+        return super().merged(plain)
