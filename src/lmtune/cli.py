@@ -282,7 +282,10 @@ def serve(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory (served as adapter 'default').")],
     adapter: Annotated[
         list[str] | None,
-        typer.Option(help="Extra adapter NAME=RUN_DIR on the same base model (repeatable)."),
+        typer.Option(
+            help="Extra adapter NAME=RUN_DIR on the same base model (repeatable); NAME=none serves "
+            "the base model itself (a peft run's adapters switched off)."
+        ),
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to bind; the default is local only.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,

@@ -315,3 +315,38 @@ def test_two_minilm_lora_adapters_answer_oppositely(tmp_path):
     # Same base model in memory, opposite answers: the flipped adapter ranks the texts reversed.
     pa, pb = ([r["scores"]["positive"] for r in rows] for rows in (a, b))
     assert pa[0] > pa[1] < pa[2] and pb[0] < pb[1] > pb[2], (pa, pb)
+
+
+def test_base_none_serves_the_base_model_with_the_adapters_off(serve_runs, tiny_llama, tmp_path):
+    """`--adapter base=none` on a LoRA SFT run: the shared PeftModel answers with its adapter
+    disabled, the default adapter as trained; a classifier's base (a random head) is refused."""
+    import json as json_module
+
+    import lmtune
+    from lmtune.config import RunConfig
+
+    train = tmp_path / "sft.json"
+    train.write_text(json_module.dumps([{"instruction": "Say hi.", "output": "hi hi"}] * 8), encoding="utf-8")
+    cfg = {
+        "model": tiny_llama,
+        "task": {"type": "sft", "sample_generations": 0, "generation_eval_samples": 0},
+        "method": "lora",
+        "data": {"train": str(train), "validation": str(train), "test": str(train), "max_length": 64},
+        "train": {"max_steps": 4, "batch_size": 4, "learning_rate": 5e-2, "report_to": ["none"]},
+        "output_dir": str(tmp_path / "sft"),
+    }
+    run = lmtune.train(RunConfig.from_dict(cfg))
+    prompts = ["Say hi.", "Who are you?"]
+    options = {"max_new_tokens": 5}
+    with run.model.disable_adapter():
+        expected_base = run.predict(prompts, options=options)
+    tuned = run.predict(prompts, options=options)
+    assert tuned != expected_base  # the adapter changes the answers: the test can tell them apart
+    with TestClient(create_app(run.directory, {"base": "none"})) as client:
+        info = client.get("/info").json()["adapters"]
+        assert info["base"]["method"] == "none (adapters off)" and info["base"]["shared_base_model"] is True
+        for name, want in (("base", expected_base), ("default", tuned), ("base", expected_base)):
+            body = {"texts": prompts, "adapter": name, "options": options}
+            assert client.post("/predict", json=body).json()["predictions"] == want
+    with pytest.raises(LmtuneError, match="has no trained head"):
+        create_app(serve_runs["pos"], {"base": "none"})

@@ -110,6 +110,10 @@ class Adapter:
     run: Any  # lmtune.run.Run; its model is the shared PeftModel when `shared`
     shared: bool
     info: dict[str, Any] = field(default_factory=dict)
+    adapters_off: bool = False  # the base model: the shared PeftModel with its adapters disabled
+
+
+BASE_MODEL_RUN = "none"  # `--adapter base=none`: serve the base model itself under that name
 
 
 def check_adapter_name(name: str) -> str:
@@ -206,11 +210,36 @@ class AdapterPool:
         peft_type = json.loads(config_file.read_text(encoding="utf-8")).get("peft_type")
         return peft_type == str(self.peft_model.peft_config[DEFAULT_ADAPTER].peft_type.value)
 
+    def add_base(self, name: str) -> Adapter:
+        """Serve the base model as `name`: the served PeftModel with every adapter switched off."""
+        check_adapter_name(name)
+        if name in self.adapters:
+            raise LmtuneError(f"adapter '{name}' is already loaded", hint="pick another name")
+        if not self.primary.task.supports("chat-generation"):
+            raise LmtuneError(
+                f"--adapter {name}={BASE_MODEL_RUN}: a {self.primary.config.task.type} run's base model "
+                "has no trained head (it would answer at random); only runs that generate text serve "
+                "their base model",
+                hint="serve an SFT, preference or GRPO run",
+            )
+        if self.peft_model is None:
+            raise LmtuneError(
+                f"--adapter {name}={BASE_MODEL_RUN} serves the base model with the adapters switched off, "
+                f"but {self.primary.directory} ({self.primary.config.method.name}) is not a peft adapter run",
+                hint="serve a LoRA-family run, or the base model's own run",
+            )
+        info = {"method": "none (adapters off)", "base_model": self.primary.config.model.name}
+        adapter = Adapter(name, self.primary, True, info, adapters_off=True)
+        self.adapters[name] = adapter
+        return adapter
+
     def load(self, name: str, run_dir: str | Path) -> Adapter:
         """Load a run as adapter `name`; call in the model thread (never during a forward)."""
         from lmtune.run import Run
         from lmtune.tasks import get_task_class
 
+        if str(run_dir) == BASE_MODEL_RUN:
+            return self.add_base(name)
         run_dir = Path(run_dir)
         cfg = self.check(name, run_dir)
         if self._shares_base(run_dir, cfg):
@@ -237,7 +266,7 @@ class AdapterPool:
         if name == DEFAULT_ADAPTER:
             raise LmtuneError("the served run ('default') cannot be removed", hint="stop the server instead")
         del self.adapters[name]
-        if adapter.shared:
+        if adapter.shared and not adapter.adapters_off:
             if self.peft_model.active_adapter == name:
                 self.peft_model.set_adapter(DEFAULT_ADAPTER, inference_mode=True)
             self.peft_model.delete_adapter(name)
@@ -247,17 +276,23 @@ class AdapterPool:
     ) -> list[dict[str, Any]]:
         """One forward for items sharing an adapter and options; call in the model thread."""
         adapter = self.get(name)  # it may have been removed while the request waited
-        if adapter.shared and self.peft_model.active_adapter != name:
-            self.peft_model.set_adapter(name, inference_mode=True)
-        return adapter.run.predict(items, batch_size, options)
+        with self._selected(adapter):
+            return adapter.run.predict(items, batch_size, options)
 
     def stream(self, name: str, item: dict[str, Any], options: Any, streamer: Any) -> dict[str, Any]:
         """One generation that feeds `streamer` as it goes; call in the model thread."""
         adapter = self.get(name)
-        if adapter.shared and self.peft_model.active_adapter != name:
-            self.peft_model.set_adapter(name, inference_mode=True)
         run = adapter.run
-        return run.task.generate_streaming(run.model, run.tokenizer, item, options, streamer)
+        with self._selected(adapter):
+            return run.task.generate_streaming(run.model, run.tokenizer, item, options, streamer)
+
+    def _selected(self, adapter: Adapter) -> Any:
+        """The shared PeftModel set to `adapter` (or with its adapters off) for one forward."""
+        if adapter.adapters_off:
+            return self.peft_model.disable_adapter()
+        if adapter.shared and self.peft_model.active_adapter != adapter.name:
+            self.peft_model.set_adapter(adapter.name, inference_mode=True)
+        return contextlib.nullcontext()
 
 
 # ---- metrics ------------------------------------------------------------------------------------
