@@ -132,6 +132,37 @@ def fast_config(model: str, files: dict[str, Path], output_dir: Path, **sections
     return cfg
 
 
+def train_sft_run(
+    model: str, records: list[dict], out: Path, method: str | dict = "lora", task: dict | None = None, **train
+) -> Path:
+    """A short SFT run on alpaca `records`, which are its validation and test data too: for tests
+    that need a finished decoder run (to serve, export, reload), not a good one."""
+    import json
+
+    import lmtune
+    from lmtune.config import RunConfig
+
+    data = out.parent / f"{out.name}.json"
+    data.write_text(json.dumps(records), encoding="utf-8")
+    cfg = {
+        "model": model,
+        "task": {"type": "sft", "sample_generations": 0, "generation_eval_samples": 0, **(task or {})},
+        "method": method,
+        "data": {"train": str(data), "validation": str(data), "test": str(data), "max_length": 64},
+        "train": {
+            "max_steps": 2,
+            "batch_size": 4,
+            "report_to": ["none"],
+            "eval_strategy": "no",
+            "save_strategy": "no",
+            **train,
+        },
+        "output_dir": str(out),
+    }
+    lmtune.train(RunConfig.from_dict(cfg))
+    return out
+
+
 @pytest.fixture(scope="session")
 def smollm_path() -> str:
     from lmtune.models import resolve_model

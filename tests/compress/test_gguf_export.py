@@ -3,42 +3,34 @@ loader (logit parity, the same tokenizer and chat template), the Ollama Modelfil
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
+from tests.conftest import train_sft_run
 
 import lmtune
 from lmtune.compress.export import ExportOptions, export_run
-from lmtune.compress.gguf_export import load_gguf, logit_parity, render_chatml_modelfile, write_gguf
+from lmtune.compress.gguf_export import load_gguf, logit_parity, write_gguf
 from lmtune.config import RunConfig
 from lmtune.errors import LmtuneError
 
 CONVERSATION = [{"role": "user", "content": "What colour is box 3?"}]
 
 
-def sft_run(model: str, out: Path, **train: object) -> Path:
+def render_chatml_modelfile(system: str | None, messages: list[dict[str, str]]) -> str:
+    """What Ollama renders from gguf_export.CHATML_TEMPLATE for a conversation, by that
+    template's rules (no Go here to run it): system block if any, each turn, generation prompt."""
+    out = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
+    out += "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return out + "<|im_start|>assistant\n"
+
+
+def sft_run(model: str, out: Path) -> Path:
     records = [{"instruction": f"What colour is box {i}?", "output": f"Box {i} is red."} for i in range(12)]
-    data = out.parent / f"{out.name}.json"
-    data.write_text(json.dumps(records), encoding="utf-8")
-    cfg = {
-        "model": model,
-        "task": {"type": "sft", "sample_generations": 0, "generation_eval_samples": 2},
-        "method": {"name": "lora", "r": 4},
-        "data": {"train": str(data), "validation": str(data), "test": str(data), "max_length": 64},
-        "train": {
-            "max_steps": 2,
-            "batch_size": 4,
-            "report_to": ["none"],
-            "eval_strategy": "no",
-            "save_strategy": "no",
-            **train,
-        },
-        "output_dir": str(out),
-    }
-    lmtune.train(RunConfig.from_dict(cfg))
-    return out
+    return train_sft_run(
+        model, records, out, method={"name": "lora", "r": 4}, task={"generation_eval_samples": 2}
+    )
 
 
 @pytest.fixture(scope="module")

@@ -320,22 +320,10 @@ def test_two_minilm_lora_adapters_answer_oppositely(tmp_path):
 def test_base_none_serves_the_base_model_with_the_adapters_off(serve_runs, tiny_llama, tmp_path):
     """`--adapter base=none` on a LoRA SFT run: the shared PeftModel answers with its adapter
     disabled, the default adapter as trained; a classifier's base (a random head) is refused."""
-    import json as json_module
+    from tests.conftest import train_sft_run
 
-    import lmtune
-    from lmtune.config import RunConfig
-
-    train = tmp_path / "sft.json"
-    train.write_text(json_module.dumps([{"instruction": "Say hi.", "output": "hi hi"}] * 8), encoding="utf-8")
-    cfg = {
-        "model": tiny_llama,
-        "task": {"type": "sft", "sample_generations": 0, "generation_eval_samples": 0},
-        "method": "lora",
-        "data": {"train": str(train), "validation": str(train), "test": str(train), "max_length": 64},
-        "train": {"max_steps": 4, "batch_size": 4, "learning_rate": 5e-2, "report_to": ["none"]},
-        "output_dir": str(tmp_path / "sft"),
-    }
-    run = lmtune.train(RunConfig.from_dict(cfg))
+    records = [{"instruction": "Say hi.", "output": "hi hi"}] * 8
+    run = load_run(train_sft_run(tiny_llama, records, tmp_path / "sft", max_steps=4, learning_rate=5e-2))
     prompts = ["Say hi.", "Who are you?"]
     options = {"max_new_tokens": 5}
     with run.model.disable_adapter():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from tests.conftest import train_sft_run
 
 import lmtune
 from lmtune.config import RunConfig
@@ -22,29 +23,10 @@ QUESTION = [{"role": "user", "content": "Say the word."}]
 def memorising_run(model: str, out: Path, word: str) -> Path:
     """An SFT run that answers every prompt with `word` twice, then EOS: 40 full fine-tuning steps
     on the tiny Llama (LoRA on a 32-wide model learns the words but not yet where to stop)."""
-    records = [
-        {"instruction": q, "output": f"{word} {word}"} for q in ("Say the word.", "The word?", "Word!")
-    ]
-    train = out.parent / f"{out.name}.json"
-    train.write_text(json.dumps(records * 6), encoding="utf-8")
-    cfg = {
-        "model": model,
-        "task": {"type": "sft", "sample_generations": 0, "generation_eval_samples": 0},
-        "method": "full",
-        "data": {"train": str(train), "validation": str(train), "test": str(train), "max_length": 64},
-        "train": {
-            "max_steps": 40,
-            "batch_size": 6,
-            "learning_rate": 1e-2,
-            "warmup_ratio": 0.0,
-            "report_to": ["none"],
-            "eval_strategy": "no",
-            "save_strategy": "no",
-        },
-        "output_dir": str(out),
-    }
-    lmtune.train(RunConfig.from_dict(cfg))
-    return out
+    questions = ("Say the word.", "The word?", "Word!")
+    records = [{"instruction": q, "output": f"{word} {word}"} for q in questions] * 6
+    train = {"max_steps": 40, "batch_size": 6, "learning_rate": 1e-2, "warmup_ratio": 0.0}
+    return train_sft_run(model, records, out, method="full", **train)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +49,18 @@ def chat(client: TestClient, **body) -> dict:
     response = client.post("/v1/chat/completions", json={"model": "default", "messages": QUESTION, **body})
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def streamed_chat(client: TestClient, **body):
+    """A greedy streamed chat completion of at most 6 tokens (200 checked)."""
+    request = {"model": "default", "messages": QUESTION, "temperature": 0, "max_tokens": 6, "stream": True}
+    response = client.post("/v1/chat/completions", json={**request, **body})
+    assert response.status_code == 200, response.text
+    return response
+
+
+def streamed_text(chunks: list) -> str:
+    return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
 
 
 def sse(response) -> list:
@@ -106,23 +100,12 @@ def test_two_adapters_on_one_base_answer_differently(client, runs):
 
 def test_streaming_sends_the_same_text_in_openai_chunks(client):
     whole = chat(client, temperature=0, max_tokens=6)["choices"][0]["message"]["content"]
-    response = client.post(
-        "/v1/chat/completions",
-        json={
-            "model": "default",
-            "messages": QUESTION,
-            "temperature": 0,
-            "max_tokens": 6,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        },
-    )
-    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    response = streamed_chat(client, stream_options={"include_usage": True})
+    assert response.headers["content-type"].startswith("text/event-stream")
     chunks = sse(response)
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
-    assert text.strip() == whole
+    assert streamed_text(chunks).strip() == whole
     finish = [
         c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]
     ]
@@ -132,18 +115,7 @@ def test_streaming_sends_the_same_text_in_openai_chunks(client):
 def test_stop_strings_end_the_answer_without_the_stop(client):
     cut = chat(client, temperature=0, max_tokens=6, stop=["ha a"])["choices"][0]
     assert cut["message"]["content"] == "alp" and cut["finish_reason"] == "stop"
-    streamed = client.post(
-        "/v1/chat/completions",
-        json={
-            "model": "default",
-            "messages": QUESTION,
-            "temperature": 0,
-            "max_tokens": 6,
-            "stream": True,
-            "stop": "ha a",
-        },
-    )
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in sse(streamed) if c["choices"])
+    text = streamed_text(sse(streamed_chat(client, stop="ha a")))
     assert text.strip() == "alp"
 
 

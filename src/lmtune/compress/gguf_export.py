@@ -226,11 +226,3 @@ def ollama_modelfile(tokenizer: Any, gguf_name: str, directory: Path) -> Path:
     path = directory / "Modelfile"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-def render_chatml_modelfile(system: str | None, messages: list[dict[str, str]]) -> str:
-    """What Ollama renders from CHATML_TEMPLATE for a conversation (the test compares it with
-    the tokenizer's own chat template): the same text, by the template's own rules."""
-    out = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
-    out += "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    return out + "<|im_start|>assistant\n"

@@ -428,13 +428,14 @@ class AdapterRequest(BaseModel):
     run_dir: str = Field(min_length=1, description="A finished lmtune run directory on the server.")
 
 
-def _text_chars(value: Any) -> int:
+def text_chars(value: Any) -> int:
+    """The characters of every string in a request item (nested dicts and lists included)."""
     if isinstance(value, str):
         return len(value)
     if isinstance(value, dict):
-        return sum(_text_chars(v) for v in value.values())
+        return sum(text_chars(v) for v in value.values())
     if isinstance(value, list):
-        return sum(_text_chars(v) for v in value)
+        return sum(text_chars(v) for v in value)
     return 0
 
 
@@ -542,7 +543,7 @@ def _checked_request(
         raise HTTPException(404, str(exc)) from None
     if len(body.texts) > settings.max_request_items:
         raise HTTPException(413, f"{len(body.texts)} items; at most {settings.max_request_items} per request")
-    chars = _text_chars(body.texts)
+    chars = text_chars(body.texts)
     if chars > settings.max_text_chars:
         raise HTTPException(413, f"{chars} characters; at most {settings.max_text_chars} per request")
     items = [t if isinstance(t, dict) else {"text": t} for t in body.texts]

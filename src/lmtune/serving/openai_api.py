@@ -131,9 +131,9 @@ def generation_options(served: Any, body: _Sampling, raw: bool) -> Any:
 
 
 def _check_size(served: Any, item: dict[str, Any]) -> None:
-    from lmtune.serving.app import _text_chars
+    from lmtune.serving.app import text_chars
 
-    chars = _text_chars(item)
+    chars = text_chars(item)
     if chars > served.settings.max_text_chars:
         raise OpenAIError(413, f"{chars} characters; at most {served.settings.max_text_chars} per request")
 
