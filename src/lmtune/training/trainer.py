@@ -202,6 +202,14 @@ class LmtuneTrainer(Trainer):
         self._dropout_step = (-1, -1)  # (global step, micro-step) of the last training step
         self.attention_routed = False  # set while `train` runs (attention.routed)
 
+    def _prepare_for_training(self, *args: Any, **kwargs: Any) -> Any:
+        """Trainer's start of training (Accelerate's `prepare`), taking its turn with other setups:
+        it reads Accelerate's process-wide state, which a parallel sweep trial building its
+        TrainingArguments resets (seen in CI: "'AcceleratorState' object has no attribute
+        'parallelism_config'")."""
+        with _SETUP_LOCK:
+            return super()._prepare_for_training(*args, **kwargs)
+
     def train(self, *args: Any, **kwargs: Any) -> Any:
         """Trainer.train with the model's attention on lmtune's route for its duration."""
         with attention.routed(self.model) as self.attention_routed:
@@ -361,8 +369,9 @@ def build_trainer(
     callbacks.extend(tracking_callbacks([r for r in cfg.train.report_to if r not in given], output_dir))
     # TrainingArguments resets Accelerate's process-wide state and the Trainer builds it again:
     # two trainings set up at once in one process (a sweep's parallel trials) would read it
-    # half-built, so setups take turns. (A setup can still overlap another trial's training;
-    # Accelerate's state is the same on one device, but `sweep --n-jobs` says so in its help.)
+    # half-built, so setups take turns, and so does the preparation at the start of training
+    # (`LmtuneTrainer._prepare_for_training`). (A setup can still overlap the rest of another
+    # trial's training; Accelerate's state is the same on one device, and `sweep --n-jobs` says so.)
     with _SETUP_LOCK:
         args = training_arguments(cfg, output_dir, metric, greater, task.supports("bf16-on-cpu"), spec)
         if args.load_best_model_at_end and cfg.train.early_stopping_patience:
