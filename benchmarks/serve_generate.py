@@ -10,8 +10,11 @@ completions (greedy, `--max-tokens` new tokens at most) from N concurrent client
 - non-streamed, with micro-batching on (requests that wait together share one `generate`)
   and off (one `generate` per request): generated tokens/s, latency p50/p99;
 - streamed (each request generates alone, its tokens sent as they come): time to the first
-  token (TTFT) p50/p99 and latency.
-Prints a markdown table.
+  token (TTFT) p50/p99 and latency;
+- three adapters on one base (the run, a second LoRA run trained to answer otherwise, and the
+  base model with adapters off), requests spread over them round-robin: mixed batches (peft's
+  `adapter_names`, one `generate` for all) against batches grouped per adapter.
+Prints markdown tables.
 """
 
 from __future__ import annotations
@@ -40,14 +43,15 @@ PROMPTS = [
 ]
 
 
-def train_small_run(directory: Path) -> Path:
+def train_small_run(directory: Path, answer: str = "A short, helpful answer.") -> Path:
     import lmtune
     from lmtune.config import RunConfig
 
-    records = [{"instruction": p, "output": "A short, helpful answer."} for p in PROMPTS]
-    data = directory / "sft.json"
+    records = [{"instruction": p, "output": answer} for p in PROMPTS]
+    name = "smollm2-sft" if answer == "A short, helpful answer." else "smollm2-sft-second"
+    data = directory / f"{name}.json"
     data.write_text(json.dumps(records * 2), encoding="utf-8")
-    out = directory / "smollm2-sft"
+    out = directory / name
     cfg = {
         "model": "SmolLM2-135M-Instruct",
         "task": {"type": "sft", "sample_generations": 0, "generation_eval_samples": 0},
@@ -60,10 +64,10 @@ def train_small_run(directory: Path) -> Path:
     return out
 
 
-def body(i: int, max_tokens: int, stream: bool) -> dict:
+def body(i: int, max_tokens: int, stream: bool, models: tuple[str, ...] = ("default",)) -> dict:
     message = {"role": "user", "content": PROMPTS[i % len(PROMPTS)]}
     return {
-        "model": "default",
+        "model": models[i % len(models)],
         "messages": [message],
         "max_tokens": max_tokens,
         "temperature": 0,
@@ -71,8 +75,15 @@ def body(i: int, max_tokens: int, stream: bool) -> dict:
     }
 
 
-async def load(url: str, clients: int, requests: int, max_tokens: int, stream: bool) -> dict[str, float]:
-    """`requests` chat completions over `clients` concurrent clients; the row's numbers."""
+async def load(
+    url: str,
+    clients: int,
+    requests: int,
+    max_tokens: int,
+    stream: bool,
+    models: tuple[str, ...] = ("default",),
+) -> dict[str, float]:
+    """`requests` chat completions over `clients` concurrent clients (round-robin over `models`)."""
     import httpx
 
     latencies: list[float] = []
@@ -84,7 +95,7 @@ async def load(url: str, clients: int, requests: int, max_tokens: int, stream: b
         nonlocal tokens
         started = time.perf_counter()
         if not stream:
-            response = await http.post("/v1/chat/completions", json=body(i, max_tokens, False))
+            response = await http.post("/v1/chat/completions", json=body(i, max_tokens, False, models))
             response.raise_for_status()
             tokens += response.json()["usage"]["completion_tokens"]
         else:
@@ -120,16 +131,8 @@ async def load(url: str, clients: int, requests: int, max_tokens: int, stream: b
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "run_dir", nargs="?", type=Path, help="a finished SFT/preference run (default: train one)"
-    )
-    parser.add_argument("--requests", type=int, default=16)
-    parser.add_argument("--concurrency", default="1,4,16")
-    parser.add_argument("--max-tokens", type=int, default=32)
-    args = parser.parse_args()
-    run_dir = args.run_dir or train_small_run(Path(tempfile.mkdtemp(prefix="lmtune-bench-generate-")))
+def plain_rows(run_dir: Path, args: argparse.Namespace) -> list[tuple[str, int, dict]]:
+    """One adapter: batching off and on (non-streamed), and streamed."""
     rows = []
     for batching in (False, True):
         port = free_port()
@@ -148,13 +151,64 @@ def main() -> int:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    print(f"\n`lmtune serve` /v1/chat/completions on {run_dir}: {args.requests} requests per row, greedy, ")
-    print(f"at most {args.max_tokens} new tokens each\n")
-    print("| requests | clients | generated tok/s | latency p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms |")
+    return rows
+
+
+def mixed_rows(run_dir: Path, second: Path, args: argparse.Namespace) -> list[tuple[str, int, dict]]:
+    """Three adapters on one base, requests round-robin: mixed batches vs grouped per adapter."""
+    models = ("default", "second", "base")
+    extra = ("--adapter", f"second={second}", "--adapter", "base=none")
+    rows = []
+    for mixed in (False, True):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = start_server(run_dir, port, True, 10.0, extra + (() if mixed else ("--no-mixed-batches",)))
+        try:
+            wait_ready(url, proc)
+            asyncio.run(load(url, 3, 3, 4, False, models))  # warm-up
+            for clients in (int(c) for c in args.concurrency.split(",")):
+                result = asyncio.run(load(url, clients, args.requests, args.max_tokens, False, models))
+                label = "mixed in one batch" if mixed else "grouped per adapter"
+                rows.append((label, clients, result))
+                print(f"{label}, {clients} clients: {result['tokens_per_s']:.1f} tok/s", file=sys.stderr)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return rows
+
+
+def print_table(rows: list[tuple[str, int, dict]], first: str) -> None:
+    print(f"| {first} | clients | generated tok/s | latency p50 ms | p99 ms | TTFT p50 ms | TTFT p99 ms |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for label, clients, r in rows:
         ttft = f"{r['ttft_p50']:.0f} | {r['ttft_p99']:.0f}" if label == "streamed" else "- | -"
         print(f"| {label} | {clients} | {r['tokens_per_s']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} | {ttft} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "run_dir", nargs="?", type=Path, help="a finished LoRA SFT/preference run (default: train one)"
+    )
+    parser.add_argument("--second", type=Path, help="a second LoRA run on the same base (default: train one)")
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--sections", default="plain,mixed", help="which tables: plain, mixed or both")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="lmtune-bench-generate-"))
+    run_dir = args.run_dir or train_small_run(scratch)
+    sections = args.sections.split(",")
+    head = f"`lmtune serve` /v1/chat/completions on {run_dir}: {args.requests} requests per row, greedy, "
+    print(f"\n{head}at most {args.max_tokens} new tokens each")
+    if "plain" in sections:
+        print()
+        print_table(plain_rows(run_dir, args), "requests")
+    if "mixed" in sections:
+        second = args.second or train_small_run(scratch, "Sorry, I cannot say.")
+        print(f"\nThree adapters on one base model (`default`, `second` = {second}, `base` = adapters off), ")
+        print("requests round-robin over them, non-streamed, micro-batching on:\n")
+        print_table(mixed_rows(run_dir, second, args), "adapters")
     return 0
 
 

@@ -57,8 +57,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(run_dir: Path, port: int, batching: bool, max_wait_ms: float) -> subprocess.Popen:
-    args = [sys.executable, "-m", "lmtune", "serve", str(run_dir), "--port", str(port)]
+def start_server(
+    run_dir: Path, port: int, batching: bool, max_wait_ms: float, extra: tuple[str, ...] = ()
+) -> subprocess.Popen:
+    args = [sys.executable, "-m", "lmtune", "serve", str(run_dir), "--port", str(port), *extra]
     # Generous time limit: the benchmark measures latency, it must not turn slow answers into 504s.
     args += ["--max-wait-ms", str(max_wait_ms), "--max-queue", "1024", "--timeout-s", "600"]
     if not batching:

@@ -49,6 +49,8 @@ TASK_CAPABILITIES: dict[str, str] = {
     "so a finished run of it can be a GRPO reward (`task.reward: RUN_DIR`)",
     "chat-generation": "generates text from chat messages or a raw prompt (`generate_streaming`, "
     "GenerationOptions): the server's OpenAI-compatible routes serve it",
+    "mixed-adapter-batches": "`predict` runs one model row per input through `inference_batches`, so "
+    "the rows of one batch may each use a different LoRA adapter (the server mixes requests)",
 }
 
 

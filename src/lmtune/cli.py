@@ -299,6 +299,10 @@ def serve(
         int, typer.Option(min=1, help="Most tokens an OpenAI-style request may generate (max_tokens).")
     ] = 512,
     no_batching: Annotated[bool, typer.Option(help="One forward per request (for comparison).")] = False,
+    no_mixed_batches: Annotated[
+        bool,
+        typer.Option(help="Batch each LoRA adapter's requests apart, not mixed (for comparison)."),
+    ] = False,
     admin_token_env: Annotated[
         str, typer.Option(help="Env var holding the bearer token for /admin (unset: admin disabled).")
     ] = "LMTUNE_ADMIN_TOKEN",
@@ -323,6 +327,7 @@ def serve(
     settings = ServeSettings(
         **_dataclass_flags(ctx, ServeSettings),  # max_batch_size ... max_text_chars
         batching=not no_batching,
+        mixed_adapter_batches=not no_mixed_batches,
         admin_token=os.environ.get(admin_token_env) or None,
     )
     server = create_app(run_dir, extra, settings)

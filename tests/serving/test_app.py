@@ -338,3 +338,87 @@ def test_base_none_serves_the_base_model_with_the_adapters_off(serve_runs, tiny_
             assert client.post("/predict", json=body).json()["predictions"] == want
     with pytest.raises(LmtuneError, match="has no trained head"):
         create_app(serve_runs["pos"], {"base": "none"})
+
+
+# ---- mixed-adapter batches ----------------------------------------------------------------------
+def test_lora_adapters_share_forwards_and_answer_as_their_own_runs(serve_runs, expected):
+    """Rows of one forward each run with their own LoRA adapter (peft's adapter_names): the
+    answers equal each run's own predictions; a BitFit run is batched apart."""
+    from lmtune.serving.app import MIXED_LORA, AdapterPool
+
+    pool = AdapterPool(serve_runs["pos"])
+    pool.load("neg", serve_runs["neg"])
+    pool.load("bitfit", serve_runs["bitfit"])
+    assert pool.group_key("default") == pool.group_key("neg") == MIXED_LORA
+    assert pool.group_key("bitfit") == "adapter:bitfit"
+    names = ["default", "neg"] * len(TEXTS)
+    items = [{"text": t} for t in TEXTS for _ in range(2)]
+    rows = pool.run_group(names, items, {}, 8)
+    assert_same(rows[0::2], expected["pos"])
+    assert_same(rows[1::2], expected["neg"])
+    # An adapter removed while its request waited fails that request alone.
+    pool.remove("neg")
+    rows = pool.run_group(["default", "neg"], items[:2], {}, 8)
+    assert_same(rows[:1], expected["pos"][:1])
+    assert isinstance(rows[1], LookupError) and "'neg' was removed" in str(rows[1])
+    assert AdapterPool(serve_runs["pos"], mixed_batches=False).group_key("default") == "adapter:default"
+
+
+def test_concurrent_requests_for_two_adapters_share_one_forward(serve_runs, expected, monkeypatch):
+    from lmtune.serving.app import AdapterPool
+
+    forwards: list[list[str]] = []
+    real = AdapterPool.run_group
+
+    def recording(self, names, items, options, batch_size):
+        forwards.append(list(names))
+        return real(self, names, items, options, batch_size)
+
+    monkeypatch.setattr(AdapterPool, "run_group", recording)
+    for mixed in (True, False):
+        forwards.clear()
+        settings = ServeSettings(max_wait_ms=400, mixed_adapter_batches=mixed)
+        app = create_app(serve_runs["pos"], {"neg": serve_runs["neg"]}, settings)
+        with TestClient(app) as client, ThreadPoolExecutor(8) as threads:
+            info = client.get("/info").json()
+            assert info["adapters"]["neg"]["mixed_batches"] is mixed
+            assert info["limits"]["mixed_adapter_batches"] is mixed
+
+            def ask(i: int) -> tuple[str, dict]:
+                name = ("default", "neg")[i % 2]
+                body = {"texts": [TEXTS[i % 4]], "adapter": name}
+                return name, client.post("/predict", json=body).json()["predictions"][0]
+
+            for name, row in threads.map(ask, range(8)):
+                want = expected["pos" if name == "default" else "neg"]
+                assert_same([row], [r for r in want if r["text"] == row["text"]])
+        together = [f for f in forwards if len(set(f)) > 1]
+        assert bool(together) is mixed, forwards
+
+
+@pytest.mark.slow
+def test_mixed_generation_batches_equal_each_adapters_own(tiny_llama, tmp_path):
+    """Two LoRA SFT adapters and the base (adapters off) in one `generate`: each row's greedy
+    answer is the one its adapter gives alone."""
+    from tests.conftest import train_sft_run
+
+    from lmtune.serving.app import MIXED_LORA, AdapterPool
+
+    runs = {}
+    for word in ("hi", "no"):
+        records = [{"instruction": "Say it.", "output": f"{word} {word}"}] * 8
+        runs[word] = train_sft_run(tiny_llama, records, tmp_path / word, max_steps=4, learning_rate=5e-2)
+    pool = AdapterPool(runs["hi"])
+    pool.load("no", runs["no"])
+    pool.load("base", "none")
+    assert {pool.group_key(n) for n in ("default", "no", "base")} == {MIXED_LORA}
+    prompts = [{"text": "Say it."}, {"text": "What is the longest river?"}]
+    options = pool.primary.task.predict_options({"max_new_tokens": 5}).model_dump(mode="json")
+    alone = {name: pool.run_group([name] * 2, prompts, options, 8) for name in ("default", "no", "base")}
+    assert len({json.dumps(rows) for rows in alone.values()}) == 3  # three different answers
+    names = ["base", "default", "no", "no", "default", "base"]
+    mixed = pool.run_group(
+        names, [prompts[0], prompts[0], prompts[0], prompts[1], prompts[1], prompts[1]], options, 8
+    )
+    for i, (name, row) in enumerate(zip(names, mixed, strict=True)):
+        assert row == alone[name][0 if i < 3 else 1], (name, i)

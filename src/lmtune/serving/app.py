@@ -71,6 +71,8 @@ class ServeSettings:
     max_text_chars: int = 20_000
     max_new_tokens: int = 512  # the most tokens one OpenAI-style request may ask to generate
     batching: bool = True
+    # Requests for different LoRA adapters on the served base share forwards (peft's adapter_names).
+    mixed_adapter_batches: bool = True
     admin_token: str | None = None
     # Raw body limit, checked on Content-Length before JSON parsing. Default: what the largest
     # valid request can take (every character escaped as \\uXXXX, plus per-item JSON overhead).
@@ -90,6 +92,7 @@ class ServeSettings:
             "max_batch_size": self.max_batch_size,
             "max_wait_ms": self.max_wait_ms,
             "batching": self.batching and self.max_batch_size > 1,
+            "mixed_adapter_batches": self.mixed_adapter_batches,
             "max_queue": self.max_queue,
             "timeout_s": self.timeout_s,
             "max_request_items": self.max_request_items,
@@ -114,6 +117,8 @@ class Adapter:
 
 
 BASE_MODEL_RUN = "none"  # `--adapter base=none`: serve the base model itself under that name
+PEFT_NO_ADAPTER = "__base__"  # peft's adapter name for "adapters off" in a mixed batch
+MIXED_LORA = "mixed-lora"  # the batch key of adapters that share forwards
 
 
 def check_adapter_name(name: str) -> str:
@@ -148,10 +153,11 @@ def _saves_peft_adapter(cfg: Any) -> bool:
 class AdapterPool:
     """The served runs by name; every method that touches the model runs in the model thread."""
 
-    def __init__(self, run_dir: str | Path, device: str | None = None) -> None:
+    def __init__(self, run_dir: str | Path, device: str | None = None, mixed_batches: bool = True) -> None:
         from lmtune.run import Run
 
         self.device = device
+        self.mixed_batches = mixed_batches
         self.primary = Run.load(run_dir, device)
         # A peft run's model is the PeftModel that adapters of the same peft type are loaded onto.
         self.peft_model = self.primary.model if _saves_peft_adapter(self.primary.config) else None
@@ -271,13 +277,58 @@ class AdapterPool:
                 self.peft_model.set_adapter(DEFAULT_ADAPTER, inference_mode=True)
             self.peft_model.delete_adapter(name)
 
+    def describe(self, name: str) -> dict[str, Any]:
+        """What /info shows of an adapter: its run, and whether it shares the base and forwards."""
+        adapter = self.get(name)
+        mixed = self.group_key(name) == MIXED_LORA
+        return {**adapter.info, "shared_base_model": adapter.shared, "mixed_batches": mixed}
+
+    # ---- forwards ---------------------------------------------------------------------------
+    def group_key(self, name: str) -> str:
+        """Requests whose adapters have equal keys share forwards: the LoRA adapters on the served
+        base (and the base itself) are mixed in one batch by peft's `adapter_names`; any other
+        adapter is batched on its own."""
+        adapter = self.adapters.get(name)
+        return MIXED_LORA if adapter is not None and self._mixes(adapter) else f"adapter:{name}"
+
+    def _mixes(self, adapter: Adapter) -> bool:
+        if not (self.mixed_batches and adapter.shared and adapter.run.task.supports("mixed-adapter-batches")):
+            return False
+        # peft mixes plain LoRA only (not DoRA); the base needs LoRA layers to switch off.
+        config = self.peft_model.peft_config.get(DEFAULT_ADAPTER if adapter.adapters_off else adapter.name)
+        if config is None or str(config.peft_type.value) != "LORA" or getattr(config, "use_dora", False):
+            return False
+        # Rows of one batch go through one task: it must predict as each adapter's own task would.
+        return _prediction_settings(adapter.run.config) == _prediction_settings(self.primary.config)
+
     def run_group(
-        self, name: str, items: list[dict[str, Any]], options: dict[str, Any], batch_size: int
-    ) -> list[dict[str, Any]]:
-        """One forward for items sharing an adapter and options; call in the model thread."""
-        adapter = self.get(name)  # it may have been removed while the request waited
-        with self._selected(adapter):
-            return adapter.run.predict(items, batch_size, options)
+        self, names: list[str], items: list[dict[str, Any]], options: dict[str, Any], batch_size: int
+    ) -> list[Any]:
+        """One forward for items of one batch key and options (`names`: each item's adapter); an
+        adapter removed while its request waited fails that request only. Model thread only."""
+        from lmtune.tasks.base import rows_with_adapters
+
+        found = {name: self.adapters.get(name) for name in set(names)}
+        live = [i for i, name in enumerate(names) if found[name] is not None]
+        results: list[Any] = [
+            UnknownAdapterError(f"adapter '{name}' was removed; available: {', '.join(self.names())}")
+            for name in names
+        ]
+        if not live:
+            return results
+        adapters = [found[names[i]] for i in live]
+        rows = [items[i] for i in live]
+        first = adapters[0]
+        if len({a.name for a in adapters}) == 1:
+            with self._selected(first):
+                predictions = first.run.predict(rows, batch_size, options)
+        else:  # a mixed batch (group_key put them together): one forward, an adapter per row
+            row_names = [PEFT_NO_ADAPTER if a.adapters_off else a.name for a in adapters]
+            with rows_with_adapters(row_names):
+                predictions = first.run.predict(rows, batch_size, options)
+        for i, prediction in zip(live, predictions, strict=True):
+            results[i] = prediction
+        return results
 
     def stream(self, name: str, item: dict[str, Any], options: Any, streamer: Any) -> dict[str, Any]:
         """One generation that feeds `streamer` as it goes; call in the model thread."""
@@ -293,6 +344,13 @@ class AdapterPool:
         if adapter.shared and self.peft_model.active_adapter != adapter.name:
             self.peft_model.set_adapter(adapter.name, inference_mode=True)
         return contextlib.nullcontext()
+
+
+def _prediction_settings(cfg: Any) -> str:
+    """What a run's predictions depend on besides its weights (its task, truncation, precision)."""
+    return json.dumps(
+        [cfg.task.model_dump(mode="json"), cfg.data.max_length, cfg.train.precision], sort_keys=True
+    )
 
 
 # ---- metrics ------------------------------------------------------------------------------------
@@ -458,7 +516,7 @@ def create_app(
 ) -> FastAPI:
     """Load the run (and extra adapters) and build the app; loading errors raise LmtuneError."""
     settings = settings or ServeSettings()
-    pool = _load_pool(run_dir, adapters or {}, device)
+    pool = _load_pool(run_dir, adapters or {}, device, settings.mixed_adapter_batches)
     batcher = _make_batcher(pool, settings)
     served = Served(pool, batcher, settings, Metrics(batcher.depth))
     batcher.on_batch = served.metrics.observe_batch
@@ -473,8 +531,10 @@ def create_app(
     return app
 
 
-def _load_pool(run_dir: str | Path, adapters: dict[str, str | Path], device: str | None) -> AdapterPool:
-    pool = AdapterPool(run_dir, device)
+def _load_pool(
+    run_dir: str | Path, adapters: dict[str, str | Path], device: str | None, mixed_batches: bool = True
+) -> AdapterPool:
+    pool = AdapterPool(run_dir, device, mixed_batches)
     for name, path in adapters.items():
         pool.load(name, path)
     return pool
@@ -488,6 +548,7 @@ def _make_batcher(pool: AdapterPool, settings: ServeSettings) -> MicroBatcher:
         max_queue=settings.max_queue,
         batching=settings.batching,
         forward_batch_size=max(settings.max_batch_size, pool.primary.batch_size),
+        group_key=pool.group_key,
     )
 
 
@@ -596,9 +657,7 @@ def _add_status_routes(app: FastAPI, served: Served) -> None:
             "labels": cfg.data.labels,
             "predict_options": sorted(pool.primary.task.PredictOptions.model_fields),
             "default_adapter": DEFAULT_ADAPTER,
-            "adapters": {
-                name: {**a.info, "shared_base_model": a.shared} for name, a in sorted(pool.adapters.items())
-            },
+            "adapters": {name: pool.describe(name) for name in pool.names()},
             "limits": served.settings.limits(),
         }
 
@@ -642,7 +701,7 @@ def _add_admin_routes(app: FastAPI, served: Served) -> None:
             adapter = await batcher.call(pool.load, body.name, body.run_dir)
         except LmtuneError as exc:
             raise HTTPException(422, str(exc)) from None
-        return {"name": adapter.name, **adapter.info, "shared_base_model": adapter.shared}
+        return {"name": adapter.name, **pool.describe(adapter.name)}
 
     @app.delete("/admin/adapters/{name}", dependencies=admin)
     async def remove_adapter(name: str) -> dict[str, Any]:

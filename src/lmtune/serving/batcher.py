@@ -2,8 +2,9 @@
 
 Requests wait in a bounded queue. One worker (an asyncio task) takes the oldest request and
 keeps collecting until it holds `max_batch_size` items or `max_wait_ms` has passed, then runs
-one forward per group of items that share an adapter and prediction options, and resolves
-each request's future with its own slice of the results.
+one forward per group of items that share prediction options and a batch key (`group_key`:
+one adapter's name, or one key for adapters that can share a forward, as LoRA adapters on one
+base can), and resolves each request's future with its own slice of the results.
 
 The model runs in a single dedicated thread: the event loop stays free to accept requests
 while a forward runs, and everything that touches the model (forwards, adapter switches,
@@ -29,8 +30,9 @@ from lmtune.errors import LmtuneError
 log = logging.getLogger("lmtune.serving")
 
 T = TypeVar("T")
-# runner(adapter, items, options, batch_size) -> one prediction per item, in order.
-Runner = Callable[[str, list[dict[str, Any]], dict[str, Any], int], list[dict[str, Any]]]
+# runner(adapters, items, options, batch_size) -> one prediction per item, in order; adapters
+# holds each item's adapter name. A result may be an exception: it fails that item's request.
+Runner = Callable[[list[str], list[dict[str, Any]], dict[str, Any], int], list[Any]]
 
 
 class QueueFullError(Exception):
@@ -67,6 +69,7 @@ class MicroBatcher:
         batching: bool = True,
         forward_batch_size: int | None = None,
         on_batch: Callable[[int], None] | None = None,
+        group_key: Callable[[str], str] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError("max_batch_size and max_queue must be >= 1, max_wait_ms >= 0")
@@ -78,6 +81,8 @@ class MicroBatcher:
         self.batching = batching and max_batch_size > 1
         self.forward_batch_size = forward_batch_size or max_batch_size
         self.on_batch = on_batch or (lambda size: None)
+        # Requests whose adapters have equal keys may share a forward (default: same adapter only).
+        self.group_key = group_key or (lambda adapter: adapter)
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -183,19 +188,20 @@ class MicroBatcher:
             groups: dict[tuple[str, str], list[_Job]] = {}
             for job in batch:
                 if not job.future.done():  # timed-out requests are skipped, not computed
-                    groups.setdefault((job.adapter, job.options_key), []).append(job)
+                    groups.setdefault((self.group_key(job.adapter), job.options_key), []).append(job)
             for jobs in groups.values():
                 await self._forward(jobs)
 
     async def _forward(self, jobs: list[_Job]) -> None:
         items = [item for job in jobs for item in job.items]
+        adapters = [job.adapter for job in jobs for _ in job.items]
         self.on_batch(len(items))
         loop = asyncio.get_running_loop()
         try:
             results = await loop.run_in_executor(
                 self._executor,
                 self.runner,
-                jobs[0].adapter,
+                adapters,
                 items,
                 jobs[0].options,
                 self.forward_batch_size,
@@ -212,6 +218,11 @@ class MicroBatcher:
         start = 0
         for job in jobs:
             end = start + len(job.items)
+            mine = results[start:end]
+            failed = next((r for r in mine if isinstance(r, BaseException)), None)
             if not job.future.done():
-                job.future.set_result(results[start:end])
+                if failed is not None:
+                    job.future.set_exception(failed)
+                else:
+                    job.future.set_result(mine)
             start = end

@@ -11,6 +11,7 @@ Evaluation and prediction loops draw their batches from `inference_batches`.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,6 +315,25 @@ def batches_of(features: list[dict[str, Any]], collate: Any, batch_size: int, co
     return batches
 
 
+# The LoRA adapter of each input row while a server runs one mixed-adapter forward.
+_ROW_ADAPTERS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "lmtune_row_adapters", default=None
+)
+
+
+@contextlib.contextmanager
+def rows_with_adapters(names: Sequence[str]) -> Iterator[None]:
+    """Within this block the batches of `inference_batches` carry peft's `adapter_names`: input
+    row i runs with LoRA adapter `names[i]` ("__base__": adapters off). Only for tasks that
+    declare "mixed-adapter-batches" (one model row per input, so the batch index is the input's).
+    """
+    token = _ROW_ADAPTERS.set(list(names))
+    try:
+        yield
+    finally:
+        _ROW_ADAPTERS.reset(token)
+
+
 def inference_batches(
     task: Task,
     model: nn.Module,
@@ -330,10 +350,19 @@ def inference_batches(
     """
     device = model_device(model)
     precision = resolve_precision(task.cfg.train.precision, device, task.supports("bf16-on-cpu"))
+    row_adapters = _ROW_ADAPTERS.get()
+    if row_adapters is not None and len(row_adapters) != len(features):
+        raise RuntimeError(
+            f"{len(row_adapters)} adapter names for {len(features)} rows: a mixed-adapter batch needs "
+            f"a task with one model row per input ({task.name} does not declare mixed-adapter-batches)"
+        )
     model.eval()
     with torch.inference_mode(), autocast_for(device, precision):
         for index, batch in length_sorted_batches(features, collator, batch_size):
-            yield index, {k: _to(v, device) for k, v in batch.items() if k not in drop and v is not None}
+            moved = {k: _to(v, device) for k, v in batch.items() if k not in drop and v is not None}
+            if row_adapters is not None:
+                moved["adapter_names"] = [row_adapters[i] for i in index]
+            yield index, moved
 
 
 def _to(value: Any, device: torch.device) -> Any:

@@ -448,7 +448,14 @@ class CausalLmTask(Task):
     default_metric: ClassVar[str] = "eval_loss"
     # SmolLM2-135M LoRA SFT: 1.5x the tokens/s in bf16 autocast on an AMX CPU, same eval loss.
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"accepts-virtual-tokens", "loss-counts-items", "labelled-logits", "bf16-on-cpu", "chat-generation"}
+        {
+            "accepts-virtual-tokens",
+            "loss-counts-items",
+            "labelled-logits",
+            "bf16-on-cpu",
+            "chat-generation",
+            "mixed-adapter-batches",
+        }
     )
     greater_is_better: ClassVar[bool] = False
 

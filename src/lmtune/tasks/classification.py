@@ -78,6 +78,7 @@ class ClassificationTask(Task):
             "accepts-virtual-tokens",
             "class-probabilities",
             "logit-distillation",
+            "mixed-adapter-batches",
         }
     )
 

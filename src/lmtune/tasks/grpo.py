@@ -270,7 +270,9 @@ class GrpoTask(CausalLmTask):
     Options = GrpoOptions
     # Prompt/prefix tuning is refused (no accepts-virtual-tokens): TRL slices the completion's
     # log-probabilities by position, which virtual tokens shift.
-    capabilities: ClassVar[frozenset[str]] = frozenset({"bf16-on-cpu", "chat-generation"})
+    capabilities: ClassVar[frozenset[str]] = frozenset(
+        {"bf16-on-cpu", "chat-generation", "mixed-adapter-batches"}
+    )
     default_metric: ClassVar[str] = "reward"
     greater_is_better: ClassVar[bool] = True
     resolved_columns: ClassVar[dict[str, str]] = {

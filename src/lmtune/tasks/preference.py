@@ -462,7 +462,9 @@ class PreferenceTask(CausalLmTask):
     # TRL computes its own losses over its own batches: neither lmtune's item-count normalisation
     # nor labelled-logits projection applies. Prompt learning is refused: the evaluation scores
     # left-padded rows by their position ids, which peft's virtual tokens do not keep.
-    capabilities: ClassVar[frozenset[str]] = frozenset({"bf16-on-cpu", "chat-generation"})
+    capabilities: ClassVar[frozenset[str]] = frozenset(
+        {"bf16-on-cpu", "chat-generation", "mixed-adapter-batches"}
+    )
 
     def __init__(self, cfg: Any) -> None:
         # Task's, not CausalLmTask's: preference pairs are never packed (TRL's collators pad them).
