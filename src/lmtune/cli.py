@@ -509,6 +509,48 @@ def distill(
     console.print(f"\nrun directory: [bold]{run.directory}[/bold] (report.md, metrics.json, model/)")
 
 
+@app.command("merge-adapters")
+def merge_adapters(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more finished LoRA runs of one base model.")],
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Run directory for the result.")],
+    weights: Annotated[
+        str | None, typer.Option(help="One weight per run, comma-separated (default: equal), e.g. 0.7,0.3.")
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="peft's combination: linear, cat, svd, ties, dare_linear, dare_ties, ...")
+    ] = "linear",
+    density: Annotated[
+        float | None, typer.Option(help="ties/dare/magnitude_prune: fraction of weights kept (default 0.5).")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Labelled file to evaluate the result and each run on (default: the first run's test file)."
+        ),
+    ] = None,
+    overwrite: OverwriteFlag = False,
+) -> None:
+    """Combine LoRA runs into one run (peft's add_weighted_adapter) for eval, predict, serve, export."""
+    from lmtune.compress.merge_adapters import MergeSpec, evaluate_merge
+    from lmtune.compress.merge_adapters import merge_adapters as combine
+    from lmtune.run import read_finished_config
+
+    _quiet_libraries()
+    try:
+        values = [float(w) for w in weights.split(",")] if weights else None
+    except ValueError:
+        raise LmtuneError(f"--weights {weights!r}: expected numbers separated by commas") from None
+    spec = MergeSpec.of(list(runs), values, method, density)
+    out = combine(spec, output_dir, overwrite)
+    console.print(f"merged {len(runs)} runs ({spec.combination}) into [bold]{out}[/bold]")
+    data = data or read_finished_config(spec.runs[0]).data.test
+    if data:
+        evaluate_merge(spec, out, data)
+        _print_markdown(out / "merge.md")
+    else:
+        console.print("no test file to evaluate on: pass --data FILE, or run `lmtune eval` on the result")
+
+
 # ---- listings ---------------------------------------------------------------------------------
 @app.command()
 def models() -> None:

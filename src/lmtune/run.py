@@ -90,7 +90,8 @@ def prepare_output_dir(cfg: RunConfig, overwrite: bool) -> str:
     return "complete" if state.get("status") == "complete" else "resume"
 
 
-def _write_state(out: Path, cfg: RunConfig, status: str, **extra: Any) -> None:
+def write_state(out: Path, cfg: RunConfig, status: str, **extra: Any) -> None:
+    """run.json: the run's status, config and fingerprint (what resuming and readers check)."""
     state = {
         "status": status,
         "fingerprint": fingerprint(cfg),
@@ -103,6 +104,19 @@ def _write_state(out: Path, cfg: RunConfig, status: str, **extra: Any) -> None:
         state["lineage"] = parents  # the runs this one started from (chaining.py)
     state.update(extra)
     write_json(out / STATE_FILE, state)
+
+
+def read_finished_config(run_dir: Path) -> RunConfig:
+    """The resolved config of a finished run, without loading any weights."""
+    if not run_dir.is_dir() or not (run_dir / "config.yaml").is_file():
+        raise LmtuneError(f"{run_dir} is not an lmtune run (no config.yaml)", hint="give a run directory")
+    state = read_state(run_dir) or {}
+    if state.get("status") != "complete" or not (run_dir / "model").is_dir():
+        raise LmtuneError(
+            f"run {run_dir} did not finish (status: {state.get('status', 'unknown')})",
+            hint="give a finished run",
+        )
+    return RunConfig.from_yaml(run_dir / "config.yaml")
 
 
 def last_checkpoint(out: Path, cfg: RunConfig | None = None) -> str | None:
@@ -430,7 +444,7 @@ def claim_run_dir(plan: RunPlan, prepared: PreparedRun) -> None:
     if not plan.main:
         return
     plan.out.mkdir(parents=True, exist_ok=True)
-    _write_state(plan.out, plan.cfg, "running")
+    write_state(plan.out, plan.cfg, "running")
     write_text(plan.out / "config.yaml", prepared.resolved.to_yaml())
 
 
@@ -519,16 +533,18 @@ def save_trained_model(out: Path, prepared: PreparedRun, method: Method, model: 
     with atomic_dir(out / "model") as tmp:
         method.save(model, tmp)
         prepared.tokenizer.save_pretrained(tmp)
-        write_json(
-            tmp / "lmtune.json",
-            {
-                "task": resolved.task.type,
-                "method": resolved.method.name,
-                "base_model": resolved.model.name,
-                "labels": prepared.task.labels,
-                "lmtune_version": __version__,
-            },
-        )
+        write_json(tmp / "lmtune.json", model_info(resolved, prepared.task.labels))
+
+
+def model_info(resolved: RunConfig, labels: list[str] | None) -> dict[str, Any]:
+    """model/lmtune.json: what the saved model is, for readers without the run's config."""
+    return {
+        "task": resolved.task.type,
+        "method": resolved.method.name,
+        "base_model": resolved.model.name,
+        "labels": labels,
+        "lmtune_version": __version__,
+    }
 
 
 def evaluate_splits(prepared: PreparedRun, model: Any) -> dict[str, EvalResult]:
@@ -609,7 +625,7 @@ def write_artefacts(
     write_model_card(out, resolved, metrics, method_saves_adapter=method.supports("peft-adapter"))
     # Complete first, then drop checkpoints: a kill in between leaves spare checkpoints, not a
     # finished run that would be trained again from scratch.
-    _write_state(out, plan.cfg, "complete", finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_state(out, plan.cfg, "complete", finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if not resolved.train.keep_checkpoints:
         for path in out.glob("checkpoint-*"):
             shutil.rmtree(path, ignore_errors=True)

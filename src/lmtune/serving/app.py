@@ -127,22 +127,6 @@ def check_adapter_name(name: str) -> str:
     return name
 
 
-def _read_run(run_dir: Path) -> Any:
-    """The resolved config of a finished run, without loading any weights."""
-    from lmtune.config import RunConfig
-    from lmtune.run import read_state
-
-    if not run_dir.is_dir() or not (run_dir / "config.yaml").is_file():
-        raise LmtuneError(f"{run_dir} is not an lmtune run (no config.yaml)", hint="give a run directory")
-    state = read_state(run_dir) or {}
-    if state.get("status") != "complete" or not (run_dir / "model").is_dir():
-        raise LmtuneError(
-            f"run {run_dir} did not finish (status: {state.get('status', 'unknown')})",
-            hint="serve a finished run",
-        )
-    return RunConfig.from_yaml(run_dir / "config.yaml")
-
-
 def _saves_peft_adapter(cfg: Any) -> bool:
     """Is the run's model a peft adapter on its base model (its method says so)?"""
     from lmtune.methods import get_method_class
@@ -190,7 +174,9 @@ class AdapterPool:
             raise LmtuneError(
                 f"adapter '{name}' is already loaded", hint="pick another name or remove it first"
             )
-        cfg = _read_run(Path(run_dir))
+        from lmtune.run import read_finished_config
+
+        cfg = read_finished_config(Path(run_dir))
         base = self.primary.config
         for what, ours, theirs in (
             ("base model", (base.model.name, base.model.revision), (cfg.model.name, cfg.model.revision)),
