@@ -43,7 +43,9 @@ def trainer_for(model, tmp_path, task: str = "causal-lm", method: str = "lora") 
     from lmtune.tasks import get_task_class
 
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
-    return LmtuneTrainer(model=model, args=args, task=get_task_class(task), method=get_method_class(method))
+    method_cls = get_method_class(method)
+    chosen = method_cls(method_cls.Options())
+    return LmtuneTrainer(model=model, args=args, task=get_task_class(task), method=chosen)
 
 
 @pytest.mark.parametrize("num_items", [None, 37])
@@ -169,7 +171,7 @@ def test_each_micro_batch_gets_its_own_dropout_key(tmp_path):
         args=args,
         train_dataset=Dataset.from_list(rows),
         task=get_task_class("classification"),
-        method=get_method_class("full"),
+        method=get_method_class("full")(get_method_class("full").Options()),
     )
     assert trainer.dropout_rng is fast_dropout.rng_of(model)
     keys = []

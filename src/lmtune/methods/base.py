@@ -40,7 +40,8 @@ class MethodContext:
 
 class Method(Capable):
     """A fine-tuning method. Declares `capabilities` (see `lmtune.capabilities`) and the hooks
-    its consumers call: `apply`, `callbacks`, `save`, `load` and, where mergeable, `merged`."""
+    its consumers call: `apply`, `callbacks`, `optimizer`, `save`, `load` and, where mergeable,
+    `merged`."""
 
     kind: ClassVar[str] = "method"
     vocabulary: ClassVar[dict[str, str]] = METHOD_CAPABILITIES
@@ -59,6 +60,11 @@ class Method(Capable):
     def callbacks(self) -> list[Any]:
         """Trainer callbacks the method needs (e.g. to unfreeze layers as epochs pass)."""
         return []
+
+    def optimizer(self, model: nn.Module, optimizer_cls: type, kwargs: dict[str, Any]) -> Any:
+        """The method's own optimizer (e.g. LoRA+'s parameter groups), built from the class and
+        arguments the run's `train.optimizer` resolves to; None: the Trainer's usual one."""
+        return None
 
     def save(self, model: nn.Module, directory: Path) -> None:
         """Write the trained weights; by default the whole model in transformers' format."""

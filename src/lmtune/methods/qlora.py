@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from lmtune.errors import LmtuneError
@@ -38,6 +38,16 @@ class QloraOptions(LoraOptions):
     compute_dtype: Literal["bf16", "fp16", "fp32"] = Field(
         default="bf16", description="Precision the 4-bit layers compute in."
     )
+
+    @field_validator("init")
+    @classmethod
+    def _base_stays_quantized(cls, value: str) -> str:
+        if value not in ("default", "gaussian"):
+            raise ValueError(
+                f"init {value!r} rewrites the base weights, which qlora holds in 4 bits (the residual "
+                "would be quantized again); use init default or gaussian, or method lora"
+            )
+        return value
 
 
 def _bitsandbytes() -> Any:

@@ -167,9 +167,10 @@ class LmtuneTrainer(Trainer):
     training/attention.py while it trains, keys the fast-dropout masks by step, and counts the
     real and padded tokens it trains on (for tokens/s figures).
 
-    `task` and `method` (the task object or class and the method class, as `build_trainer`
-    passes them) answer capability questions; without them nothing is assumed: the loss is
-    normalised as the model's forward says and logits are computed everywhere.
+    `task` and `method` (the task object or class and the method, as `build_trainer` passes
+    them) answer capability questions, and the method may build the optimizer; without them
+    nothing is assumed: the loss is normalised as the model's forward says and logits are
+    computed everywhere.
     """
 
     real_tokens = 0
@@ -177,6 +178,7 @@ class LmtuneTrainer(Trainer):
 
     def __init__(self, *args: Any, task: Any = None, method: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.method = method
         # Trainer takes any model whose forward accepts **kwargs for one that normalises its loss by
         # `num_items_in_batch`, and multiplies the loss by the number of processes to undo DDP's
         # gradient averaging. Encoder heads (sequence/token classification, QA) return a plain mean,
@@ -209,6 +211,14 @@ class LmtuneTrainer(Trainer):
         'parallelism_config'")."""
         with _SETUP_LOCK:
             return super()._prepare_for_training(*args, **kwargs)
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        """The method's optimizer where it brings one (LoRA+), else the Trainer's."""
+        if self.optimizer is None and self.method is not None:
+            target = self.model if model is None else model
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, target)
+            self.optimizer = self.method.optimizer(target, optimizer_cls, kwargs)
+        return super().create_optimizer(model) if self.optimizer is None else self.optimizer
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         """Trainer.train with the model's attention on lmtune's route for its duration."""
@@ -347,7 +357,8 @@ def build_trainer(
     """The task's trainer (`task.trainer_spec()`), or `trainer_class`: a LmtuneTrainer subclass
     (or a partial of one), e.g. with a distillation loss.
 
-    The trainer is handed `task` and the class of `cfg.method`, whose capabilities it asks.
+    The trainer is handed `task` and an instance of `cfg.method`, whose capabilities it asks
+    and which may bring its own optimizer (`Method.optimizer`).
     """
     from transformers import EarlyStoppingCallback
 
@@ -386,7 +397,7 @@ def build_trainer(
             compute_metrics=task.trainer_metrics(),
             callbacks=callbacks,
             task=task,
-            method=get_method_class(cfg.method.name),
+            method=get_method_class(cfg.method.name)(cfg.method.options),
         )
 
 
