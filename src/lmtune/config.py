@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmtune.errors import LmtuneError
+from lmtune.training.optimizers import OPTIMIZERS, check_available
 
 
 class _Strict(BaseModel):
@@ -277,7 +278,19 @@ class TrainConfig(_Strict):
     learning_rate: float | None = Field(
         default=None, gt=0, description="Peak learning rate; per-method default."
     )
-    optimizer: Literal["adamw", "sgd", "adafactor"] = "adamw"
+    optimizer: Literal[tuple(OPTIMIZERS)] = Field(  # type: ignore[valid-type]
+        default="adamw",
+        description="; ".join(f"{name}: {o.description}" for name, o in OPTIMIZERS.items()),
+    )
+    optimizer_target_modules: list[str] | str = Field(
+        default="all-linear",
+        description="galore_adamw/apollo_adamw: the linear layers whose optimizer states are projected "
+        "(module names, a regex, or all-linear).",
+    )
+    optimizer_args: dict[str, float | int | str] = Field(
+        default_factory=dict,
+        description="Extra optimizer arguments, e.g. {rank: 64, update_proj_gap: 100} for GaLore.",
+    )
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1, description="Share of steps spent warming up.")
     weight_decay: float = Field(default=0.01, ge=0)
@@ -330,6 +343,12 @@ class TrainConfig(_Strict):
     def _no_is_a_word(cls, value: Any) -> Any:
         # `eval_strategy: no` in a YAML file arrives as False.
         return "no" if value is False else value
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer_installed(cls, value: str) -> str:
+        check_available(value)
+        return value
 
     @model_validator(mode="after")
     def _check_strategies(self) -> TrainConfig:
@@ -418,6 +437,20 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _task_owned_data_keys(self) -> RunConfig:
         self.data.__pydantic_extra__ = _validated_data_keys(self.task.type, self.data.model_extra)
+        return self
+
+    @model_validator(mode="after")
+    def _optimizer_fits_method(self) -> RunConfig:
+        from lmtune.methods import get_method_class
+
+        if OPTIMIZERS[self.train.optimizer].low_rank and get_method_class(self.method.name).supports(
+            "peft-adapter"
+        ):
+            raise ValueError(
+                f"train.optimizer {self.train.optimizer} projects the optimizer states of the model's own "
+                f"linear weights, which method {self.method.name} freezes (it trains a peft adapter); "
+                "use method full or freeze, or another optimizer"
+            )
         return self
 
     @field_validator("output_dir")

@@ -475,6 +475,7 @@ def fit_model(
             *callbacks,
         ],
         trainer_class=trainer_class,
+        method=built.method,
     )
 
     # A kill can leave a half-written checkpoint; only sealed, intact ones are resumed from.

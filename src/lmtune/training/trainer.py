@@ -20,11 +20,11 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from lmtune.config import RunConfig
 from lmtune.tasks.base import resolve_precision
 from lmtune.training import attention, distributed, fast_dropout
+from lmtune.training.optimizers import trainer_arguments as optimizer_arguments
 
 # The fused AdamW (one kernel over all parameters, CPU and GPU since torch 2.4) is Trainer's own
 # default; plain "adamw_torch" on CPU steps parameter by parameter, which cost full fine-tuning of
 # MiniLM 85 ms per step (more than forward and backward together).
-OPTIMIZERS = {"adamw": "adamw_torch_fused", "sgd": "sgd", "adafactor": "adafactor"}
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def training_arguments(
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.eval_batch_size or t.batch_size * 2,
         learning_rate=t.learning_rate,
-        optim=OPTIMIZERS[t.optimizer],
+        **optimizer_arguments(t.optimizer, t.optimizer_target_modules, t.optimizer_args),
         lr_scheduler_type=t.scheduler
         if t.scheduler != "constant" or t.warmup_ratio == 0
         else "constant_with_warmup",
@@ -353,12 +353,14 @@ def build_trainer(
     eval_dataset: Any,
     extra_callbacks: list[Any],
     trainer_class: Any = None,
+    method: Any = None,
 ) -> Any:
     """The task's trainer (`task.trainer_spec()`), or `trainer_class`: a LmtuneTrainer subclass
     (or a partial of one), e.g. with a distillation loss.
 
-    The trainer is handed `task` and an instance of `cfg.method`, whose capabilities it asks
-    and which may bring its own optimizer (`Method.optimizer`).
+    The trainer is handed `task` and `method` (the run's instance of `cfg.method`; built from
+    `cfg` if not given), whose capabilities it asks and which may bring its own optimizer
+    (`Method.optimizer`).
     """
     from transformers import EarlyStoppingCallback
 
@@ -397,7 +399,7 @@ def build_trainer(
             compute_metrics=task.trainer_metrics(),
             callbacks=callbacks,
             task=task,
-            method=get_method_class(cfg.method.name)(cfg.method.options),
+            method=method or get_method_class(cfg.method.name)(cfg.method.options),
         )
 
 
