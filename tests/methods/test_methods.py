@@ -53,6 +53,10 @@ def expected_trainable(method: str, model: torch.nn.Module) -> int | None:
         return LAYERS * (3 * HIDDEN + ffn) + head
     if method == "adalora":  # init_r=12 SVD triplets on query+value
         return LAYERS * 2 * (12 * (HIDDEN + HIDDEN) + 12) + head
+    if method == "vera":  # per adapted layer (query, value) a vector of r=256 and one per output
+        return LAYERS * 2 * (256 + HIDDEN) + head
+    if method == "ln-tuning":  # every LayerNorm (embeddings, and two per layer): weight and bias
+        return (1 + 2 * LAYERS) * 2 * HIDDEN + head
     if method == "prompt-tuning":  # 20 virtual tokens
         return 20 * HIDDEN + head
     if method == "prefix-tuning":  # 20 keys and values per layer

@@ -35,6 +35,8 @@ NEW = (
     "gradual-unfreeze",
     "adapter-houlsby",
     "adapter-pfeiffer",
+    "vera",
+    "ln-tuning",
 )
 TEXTS = ["the hotel was wonderful", "this book was dreadful", "our meal was fine I guess"]
 
@@ -70,6 +72,10 @@ def promised(method: str, hidden: int, layers: int, ffn: int, epochs: int = 3) -
         return 2 * layers * bottleneck(hidden) + norms + pooler + head
     if method == "adapter-pfeiffer":
         return layers * bottleneck(hidden) + norms + pooler + head
+    if method == "vera":  # per adapted layer (query, value) d of size r=256 and b of size out
+        return layers * 2 * (256 + hidden) + head
+    if method == "ln-tuning":  # the norms only (the pooler stays frozen)
+        return norms + head
     raise AssertionError(method)
 
 
@@ -351,3 +357,16 @@ def test_adapters_on_a_llama_decoder(method, tiny_bert, sentiment_files, tmp_pat
     norms = (1 + 2 * L) * H  # RMSNorm: weight only (final norm + two per layer)
     score = H * LABELS  # no bias
     assert trainable == len(per_layer) * L * bottleneck(H) + norms + score
+
+
+@pytest.mark.parametrize("method", ["vera", "ln-tuning"])
+def test_new_peft_methods_tune_a_decoder(method, tiny_llama, tmp_path):
+    """SFT on the tiny Llama (grouped-query attention: q_proj and v_proj differ in shape; RMSNorm)."""
+    from tests.conftest import train_sft_run
+
+    records = [{"instruction": "Say hi.", "output": "hi hi"}] * 8
+    out = train_sft_run(tiny_llama, records, tmp_path / method, method=method, max_steps=4)
+    run = lmtune.load_run(out)
+    trainable = run.metrics["train"]["trainable_params"]
+    assert 0 < trainable < run.metrics["train"]["total_params"] / 10
+    assert isinstance(run.predict(["Say hi."], options={"max_new_tokens": 3})[0]["generation"], str)

@@ -17,6 +17,8 @@ METHODS = Registry(
         "qlora": "lmtune.methods.qlora:QloraMethod",
         "ia3": "lmtune.methods.ia3:Ia3Method",
         "adalora": "lmtune.methods.adalora:AdaLoraMethod",
+        "vera": "lmtune.methods.vera:VeraMethod",
+        "ln-tuning": "lmtune.methods.ln_tuning:LnTuningMethod",
         "prompt-tuning": "lmtune.methods.prompt_tuning:PromptTuningMethod",
         "prefix-tuning": "lmtune.methods.prefix_tuning:PrefixTuningMethod",
         "gradual-unfreeze": "lmtune.methods.gradual_unfreeze:GradualUnfreezeMethod",
