@@ -394,6 +394,10 @@ def compare(
             help="One more config key to vary with every method: KEY=V1,V2 (task.algorithm=dpo,orpo)."
         ),
     ] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per method; the table shows mean ± std.")] = 1,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="The same optimizer steps for every method (train.max_steps).")
+    ] = None,
     set_: SetConfigFlag = None,
 ) -> None:
     """Train several methods on the same data and budget; table, Pareto plot and recommendation."""
@@ -402,7 +406,7 @@ def compare(
     raw = _raw_config(config, _run_flags(model, task, train_file, validation, test, epochs), set_)
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     _quiet_libraries()
-    result = run_compare(raw, chosen, output_dir, per_method_sweep, _across(across))
+    result = run_compare(raw, chosen, output_dir, per_method_sweep, _across(across), seeds, steps)
     _print_markdown(Path(output_dir) / "comparison.md")
     if not result["recommendation"]:
         raise LmtuneError("no method finished", hint=f"see the reasons in {output_dir}/comparison.md")

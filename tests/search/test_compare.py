@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 from PIL import Image
 from tests.conftest import fast_config
 
@@ -61,3 +62,41 @@ def test_compare_lists_methods_that_do_not_apply(
     result = compare(raw, ["lora"], out)
     assert result["rows"][0]["status"] == "skipped" and result["rows"][0]["reason"]
     assert "Not compared" in (out / "comparison.md").read_text()
+
+
+def test_seeds_and_equal_steps(tiny_bert: str, sentiment_files: dict, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    raw = fast_config(tiny_bert, sentiment_files, tmp_path / "unused", train={"epochs": 3, "seed": 7})
+    raw["data"]["max_length"] = 16
+    result = compare(raw, ["lora", "bitfit"], out, seeds=2, steps=6)
+    assert result["seeds"] == 2 and result["steps"] == 6
+    for row in result["rows"]:
+        assert row["status"] == "ok", row
+        assert [Path(d).name for d in row["run_dirs"]] == [f"{row['method']}-seed7", f"{row['method']}-seed8"]
+        per_seed = [json.loads((Path(d) / "metrics.json").read_text()) for d in row["run_dirs"]]
+        assert all(m["train"]["steps"] == 6 for m in per_seed)  # every method, the same steps
+        values = [m["validation"][result["metric"]] for m in per_seed]
+        assert row["seeds"] == values and row["metric"] == pytest.approx(sum(values) / 2)
+        assert row["metric_std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+    table = (out / "comparison.md").read_text()
+    assert " ± " in table and "| converged |" in table
+
+
+@pytest.mark.parametrize(
+    ("metric", "values", "expected"),
+    [
+        ("accuracy", [0.5, 0.6], False),  # still rising by 10 points
+        ("accuracy", [0.6, 0.603], True),  # within half a point
+        ("accuracy", [0.7, 0.6], True),  # falling: more steps would not help
+        ("accuracy", [0.7], None),  # one evaluation: cannot tell
+        ("eval_loss", [1.0, 0.8], False),  # a loss still falling by 20 %
+        ("eval_loss", [1.0, 0.999], True),
+    ],
+)
+def test_a_metric_still_improving_at_the_end_is_not_converged(metric, values, expected, tmp_path):
+    from lmtune.search.compare import _converged
+
+    key = metric if metric.startswith("eval_") else f"eval_{metric}"
+    records = [{"loss": 1.0}] + [{key: v, "epoch": i + 1} for i, v in enumerate(values)]
+    (tmp_path / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert _converged(tmp_path, metric, "classification") is expected

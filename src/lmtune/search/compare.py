@@ -1,10 +1,13 @@
 """Method comparison: `lmtune compare --methods lora,bitfit,... --output-dir DIR`.
 
 Every method trains on the same data, model and budget (the same config, only `method.name`
-differs), each at its own default learning rate, or with a small per-method learning-rate
-sweep. Each method runs in its own process (`lmtune train` / `lmtune sweep`), so the peak
-resident memory reported is that method's own (Python, torch, model and training state; the
-differences between methods are what matters). Re-running the command reuses finished runs.
+differs; `steps` gives every method the same optimizer steps), each at its own default learning
+rate, or with a small per-method learning-rate sweep; with `seeds` each row is the mean and
+standard deviation of that many seeds. A row whose validation metric was still rising at the
+last evaluation is marked as not converged. Each method runs in its own process (`lmtune train`
+/ `lmtune sweep`), so the peak resident memory reported is that method's own (Python, torch,
+model and training state; the differences between methods are what matters). Re-running the
+command reuses finished runs.
 
 Writes DIR/comparison.{md,csv,json}, DIR/pareto.png (metric vs trainable parameters) and
 DIR/methods.png, and a recommendation computed from the numbers.
@@ -47,6 +50,7 @@ def _method_config(
     out: Path,
     per_method_sweep: int | None,
     setting: tuple[str, Any] | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     from lmtune.methods import get_method_class
 
@@ -55,6 +59,9 @@ def _method_config(
     if setting is not None:
         set_dotted(raw, setting[0].split("."), setting[1])
     raw["output_dir"] = str(out / _dir_name(variant_label(method, setting)))
+    if seed is not None:  # one of several seeds: its own run directory
+        set_dotted(raw, ["train", "seed"], seed)
+        raw["output_dir"] += f"-seed{seed}"
     if per_method_sweep:
         lr = raw.get("train", {}).get("learning_rate") or get_method_class(method).default_learning_rate
         raw["sweep"] = {
@@ -87,7 +94,7 @@ def _run_method(raw: dict[str, Any], method: str, out: Path, per_method_sweep: i
     """Train one method (a row's label) in a subprocess; returns its row (status ok/skipped/failed)."""
     from lmtune.training.tracking import EXPERIMENT_ENV, TRACKING_DIR_ENV
 
-    config_path = out / "configs" / f"{_dir_name(method)}.yaml"
+    config_path = out / "configs" / f"{Path(raw['output_dir']).name}.yaml"
     write_text(config_path, yaml.safe_dump(raw, sort_keys=False))
     run_dir = Path(raw["output_dir"])
     if per_method_sweep:
@@ -130,7 +137,49 @@ def _run_method(raw: dict[str, Any], method: str, out: Path, per_method_sweep: i
         peak_rss_mb=t["peak_rss_mb"],
         size_on_disk_mb=_dir_size_mb(run_dir / "model"),
         learning_rate=resolved.train.learning_rate,
+        converged=_converged(run_dir, metric, resolved.task.type),
     )
+    return row
+
+
+def _converged(run_dir: Path, metric: str, task_type: str) -> bool | None:
+    """False when the validation metric still improved by more than a tolerance (half a point on
+    [0, 1] metrics, 0.5 % otherwise) between the last two evaluations; None with fewer than two."""
+    from lmtune.tasks import get_task_class
+
+    key = metric if metric.startswith("eval_") else f"eval_{metric}"
+    log = run_dir / "train_log.jsonl"
+    lines = log.read_text(encoding="utf-8").splitlines() if log.is_file() else []
+    values = [record[key] for record in map(json.loads, lines) if isinstance(record.get(key), int | float)]
+    if len(values) < 2:
+        return None
+    task = get_task_class(task_type)
+    greater = task.greater_is_better if metric == task.default_metric else not metric.endswith("loss")
+    gain = (values[-1] - values[-2]) * (1 if greater else -1)
+    tolerance = 0.005 if all(0 <= v <= 1 for v in values) else 0.005 * abs(values[-2])
+    return gain <= tolerance
+
+
+def combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row for several seeds of a method: means, the metric's standard deviation, and every
+    seed's value; a failed seed makes the row failed (with its reason)."""
+    import statistics
+
+    if len(runs) == 1:
+        return runs[0]
+    failed = next((r for r in runs if r["status"] != "ok"), None)
+    if failed is not None:
+        return {**failed, "run_dir": runs[0]["run_dir"]}
+    row = dict(runs[0])
+    for key in ("metric", "test_metric", "runtime_s", "samples_per_second", "peak_rss_mb", "size_on_disk_mb"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        row[key] = statistics.fmean(values) if values else None
+        if key in ("metric", "test_metric") and len(values) > 1:
+            row[f"{key}_std"] = statistics.stdev(values)
+    row["seeds"] = [r.get("metric") for r in runs]
+    row["run_dirs"] = [r["run_dir"] for r in runs]
+    flags = [r.get("converged") for r in runs]
+    row["converged"] = None if None in flags else all(flags)
     return row
 
 
@@ -168,31 +217,15 @@ def _settings(across: tuple[str, list[Any]] | None) -> list[tuple[str, Any] | No
     return [(key, value) for value in values]
 
 
-def compare(
-    base: dict[str, Any],
-    methods: list[str] | None,
-    output_dir: str | Path,
-    per_method_sweep: int | None = None,
-    across: tuple[str, list[Any]] | None = None,
-) -> dict[str, Any]:
-    """Train each method (with `across`, each method x value of one more config key) on the same
-    config; write the comparison table, plots and recommendation."""
-    from lmtune.methods import METHODS
-    from lmtune.search.plots import bars_png, pareto_front, pareto_png
+def _ranking_metric(
+    base: dict[str, Any], method: str, out: Path, settings: list, across: tuple[str, list[Any]] | None
+) -> tuple[str, bool]:
+    """The one metric every row is ranked by; a bad `--across` value fails here, before training."""
     from lmtune.search.sweep import objective_metric
 
-    out = Path(output_dir)
-    base = copy.deepcopy(base)
-    base.pop("sweep", None)
-    chosen = methods or METHODS.names()
-    for name in chosen:
-        METHODS.get(name)  # unknown names fail here, with a suggestion, before anything trains
-    if len(set(chosen)) != len(chosen):
-        raise LmtuneError("--methods lists a method twice")
-    settings = _settings(across)
     metrics = set()
-    for setting in settings:  # a bad value fails here too, before anything trains
-        raw = _method_config(base, chosen[0], out / "probe", None, setting)
+    for setting in settings:
+        raw = _method_config(base, method, out / "probe", None, setting)
         metrics.add(objective_metric(RunConfig.from_dict(raw, source="compare")))
     if len(metrics) > 1:
         raise LmtuneError(
@@ -200,13 +233,51 @@ def compare(
             f"({', '.join(sorted(m for m, _ in metrics))})",
             hint="set train.metric_for_best_model to one metric for all of them",
         )
-    metric, greater = metrics.pop()
+    return metrics.pop()
+
+
+def compare(
+    base: dict[str, Any],
+    methods: list[str] | None,
+    output_dir: str | Path,
+    per_method_sweep: int | None = None,
+    across: tuple[str, list[Any]] | None = None,
+    seeds: int = 1,
+    steps: int | None = None,
+) -> dict[str, Any]:
+    """Train each method (with `across`, each method x value of one more config key; `seeds`
+    times each; `steps` optimizer steps each) on the same config; write the comparison table,
+    plots and recommendation."""
+    from lmtune.methods import METHODS
+    from lmtune.search.plots import bars_png, pareto_front, pareto_png
+
+    out = Path(output_dir)
+    base = copy.deepcopy(base)
+    base.pop("sweep", None)
+    if seeds < 1 or (steps is not None and steps < 1):
+        raise LmtuneError(f"--seeds {seeds} / --steps {steps}: both must be at least 1")
+    if steps is not None:  # the same optimizer steps for every method, whatever its epochs
+        set_dotted(base, ["train", "max_steps"], steps)
+    chosen = methods or METHODS.names()
+    for name in chosen:
+        METHODS.get(name)  # unknown names fail here, with a suggestion, before anything trains
+    if len(set(chosen)) != len(chosen):
+        raise LmtuneError("--methods lists a method twice")
+    settings = _settings(across)
+    metric, greater = _ranking_metric(base, chosen[0], out, settings, across)
     out.mkdir(parents=True, exist_ok=True)
+    first_seed = int(
+        RunConfig.from_dict(_method_config(base, chosen[0], out, None), source="compare").train.seed
+    )
     rows = []
     for name in chosen:
         for setting in settings:
-            raw = _method_config(base, name, out, per_method_sweep, setting)
-            rows.append(_run_method(raw, variant_label(name, setting), out, per_method_sweep))
+            runs = []
+            for k in range(seeds):
+                seed = first_seed + k if seeds > 1 else None
+                raw = _method_config(base, name, out, per_method_sweep, setting, seed)
+                runs.append(_run_method(raw, variant_label(name, setting), out, per_method_sweep))
+            rows.append(combined(runs))
     ok = [r for r in rows if r["status"] == "ok" and r.get("metric") is not None]
     plots = {}
     if ok:
@@ -219,6 +290,8 @@ def compare(
         "greater_is_better": greater,
         "across": across[0] if across else None,
         "per_method_sweep": per_method_sweep,
+        "seeds": seeds,
+        "steps": steps,
         "rows": rows,
         "pareto_front": front,
         "recommendation": advice,
@@ -241,7 +314,16 @@ COLUMNS = [
     ("peak_rss_mb", "peak RSS (MB)"),
     ("size_on_disk_mb", "saved size (MB)"),
     ("learning_rate", "learning rate"),
+    ("converged", "converged"),
 ]
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    if key == "converged":
+        return {True: "yes", False: "no", None: "-"}[row.get(key)]
+    if f"{key}_std" in row:
+        return f"{format_cell(row[key])} ± {format_cell(row[f'{key}_std'])}"
+    return format_cell(row.get(key))
 
 
 def _write_table(
@@ -259,7 +341,7 @@ def _write_table(
     ]
     for r in rows:
         if r["status"] == "ok":
-            lines.append("| " + " | ".join(format_cell(r.get(key)) for key, _ in COLUMNS) + " |")
+            lines.append("| " + " | ".join(_cell(r, key) for key, _ in COLUMNS) + " |")
     skipped = [r for r in rows if r["status"] != "ok"]
     if skipped:
         lines += ["", "Not compared:"]
@@ -275,6 +357,9 @@ def _write_table(
         lines += ["", "![pareto](pareto.png)", "", "![methods](methods.png)"]
     lines.append(
         "\nPeak RSS is each method's own process (Python, torch, model and training state). "
-        "Saved size is the run's model/ directory (adapter + head for peft methods)."
+        "Saved size is the run's model/ directory (adapter + head for peft methods). "
+        "Converged: no means the validation metric still rose by more than half a point (0.5 % on "
+        "other scales) at the last evaluation, so more steps would likely help; - means fewer than "
+        "two evaluations. With several seeds, metrics are mean ± standard deviation."
     )
     write_text(out / "comparison.md", "\n".join(lines) + "\n")
