@@ -94,14 +94,14 @@ def suites(args: argparse.Namespace, work: Path) -> dict[str, dict]:
     every = ",".join(METHODS.names())
     data = args.data_dir
 
-    def config(model: str, task: str, files: dict[str, Path], **extra) -> dict:
+    def config(model: str, task_type: str, files: dict[str, Path], **extra) -> dict:
         section = {
             "train": str(files["train"]),
             "validation": str(files["validation"]),
             "test": str(files["test"]),
         }
         train = {"batch_size": 16, "report_to": ["none"], "eval_strategy": "steps", "save_strategy": "no"}
-        raw = {"model": model, "task": task, "data": section | extra.pop("data", {}), "train": train}
+        raw = {"model": model, "task": task_type, "data": section | extra.pop("data", {}), "train": train}
         raw["train"] |= extra.pop("train", {})
         return raw | extra
 
