@@ -94,7 +94,6 @@ class Seq2SeqTask(Task):
     Options = Seq2SeqOptions
     PredictOptions = Seq2SeqPredictOptions
     peft_task_type: ClassVar[str] = "SEQ_2_SEQ_LM"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"mixed-adapter-batches"})
     # lm_head (T5/BART), the decoder's MLM head and the new cross-attention (warm-started models).
     head_names: ClassVar[tuple[str, ...]] = ("lm_head", "cls", "crossattention")
     peft_head_names: ClassVar[tuple[str, ...]] = ()
