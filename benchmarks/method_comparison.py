@@ -10,7 +10,9 @@ number of optimizer steps) on seeded subsets of
 - CoNLL-2003 NER (packaged MiniLM-L6): validation/test entity F1;
 - Alpaca instruction SFT (packaged SmolLM2-135M-Instruct): validation/test loss (lower is better),
   for the methods that apply to a decoder's causal-LM head in reasonable CPU time.
-The data sets are not part of the project: the subsets are written to a temporary directory.
+The data sets are not part of the project: the subsets are written to a temporary directory, or to
+--work DIR (outside the project), which a second call with the same --work and --out resumes:
+finished runs are reused.
 Writes the markdown document (tables, what won, the Pareto plots copied beside it).
 """
 
@@ -204,11 +206,15 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/method-comparison"))
     parser.add_argument("--doc", type=Path, default=Path("docs/method_comparison.md"))
+    parser.add_argument(
+        "--work", type=Path, help="where the data subsets go (default: a new temporary directory)"
+    )
     args = parser.parse_args()
     if not (args.data_dir / "sst2").is_dir():
         print(f"skipped: {args.data_dir}/sst2 not found (pass --data-dir pointing at the shared data)")
         return 0
-    work = Path(tempfile.mkdtemp(prefix="lmtune-method-comparison-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="lmtune-method-comparison-"))
+    work.mkdir(parents=True, exist_ok=True)
     chosen = suites(args, work)
     results = {}
     for name in args.tasks.split(","):

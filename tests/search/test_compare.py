@@ -27,6 +27,25 @@ def test_recommendation_from_numbers() -> None:
     assert recommend(rows, greater=False)["best_quality"] == "bitfit"
 
 
+def test_recommendation_for_a_loss() -> None:
+    """Lower is better: per parameter means less loss with fewer parameters; one point is 1 %."""
+    rows = [
+        {
+            "method": "full",
+            "status": "ok",
+            "metric": 1.428,
+            "trainable_params": 134_000_000,
+            "runtime_s": 334.0,
+        },
+        {"method": "lora", "status": "ok", "metric": 1.44, "trainable_params": 460_000, "runtime_s": 248.0},
+        {"method": "ia3", "status": "ok", "metric": 1.9, "trainable_params": 50_000, "runtime_s": 200.0},
+    ]
+    advice = recommend(rows, greater=False)
+    assert advice["best_quality"] == "full" and advice["one_point"] == pytest.approx(0.01428)
+    assert advice["best_quality_per_trainable_parameter"] == "ia3"
+    assert advice["fastest_within_one_point"] == "lora"  # 1.44 is within 1 % of 1.428; 1.9 is not
+
+
 def test_compare_three_methods(tiny_bert: str, sentiment_files: dict, tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     raw = fast_config(tiny_bert, sentiment_files, tmp_path / "unused", train={"epochs": 1})

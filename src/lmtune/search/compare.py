@@ -190,16 +190,26 @@ def recommend(rows: list[dict[str, Any]], greater: bool) -> dict[str, Any]:
         return {}
     sign = 1.0 if greater else -1.0
     best = max(ok, key=lambda r: sign * r["metric"])
-    # "One point": 0.01 on metrics that live in [0, 1] (accuracy, F1), 1.0 on other scales.
-    point = 0.01 if all(0.0 <= r["metric"] <= 1.0 for r in ok) else 1.0
+    # "One point": 0.01 on metrics that live in [0, 1] (accuracy, F1); a loss (lower is better)
+    # 1 % of the best; 1.0 on other scales (BLEU, ROUGE x 100).
+    if all(0.0 <= r["metric"] <= 1.0 for r in ok):
+        point = 0.01
+    else:
+        point = 0.01 * abs(best["metric"]) if not greater else 1.0
     close = [r for r in ok if sign * (best["metric"] - r["metric"]) <= point + 1e-12]
     fastest = min(close, key=lambda r: r["runtime_s"])
-    per_param = max(ok, key=lambda r: sign * r["metric"] / max(r["trainable_params"], 1))
+
+    def per_parameter(row: dict[str, Any]) -> float:
+        params = max(row["trainable_params"], 1)
+        # Higher is better: metric per parameter; lower is better: the smaller metric x parameters.
+        return row["metric"] / params if greater else -row["metric"] * params
+
+    per_param = max(ok, key=per_parameter)
     return {
         "best_quality": best["method"],
         "best_quality_per_trainable_parameter": per_param["method"],
         "fastest_within_one_point": fastest["method"],
-        "one_point": point,
+        "one_point": round(point, 6),
     }
 
 
