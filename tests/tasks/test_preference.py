@@ -132,7 +132,7 @@ def task_for(model: str, files: dict[str, Path], tmp_path: Path, **task_options)
 # ---- options ------------------------------------------------------------------------------------
 def test_registered_with_true_capabilities_only():
     assert get_task_class("preference") is PreferenceTask
-    assert PreferenceTask.capabilities == {"bf16-on-cpu", "chat-generation"}
+    assert PreferenceTask.capabilities == {"bf16-on-cpu", "chat-generation", "mixed-adapter-batches"}
     assert not PreferenceTask.supports("accepts-virtual-tokens")
 
 
