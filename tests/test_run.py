@@ -212,3 +212,12 @@ def test_a_run_builds_adapts_and_reloads_its_model_under_the_construction_lock(
     lmtune.load_run(run.directory)
     assert held["apply"] == [True]
     assert len(held["build"]) >= 2 and all(held["build"])  # trained, then reloaded
+
+
+def test_explanations_are_refused_before_training_for_tasks_that_cannot_give_them(tmp_path):
+    from lmtune.errors import LmtuneError
+    from lmtune.run import plan_run
+
+    raw = {"model": "x", "task": "seq2seq", "evaluation": {"explain_errors": 3}, "output_dir": str(tmp_path)}
+    with pytest.raises(LmtuneError, match=r"seq2seq.*evaluation\.explain_errors.*token-attributions"):
+        plan_run(RunConfig.from_dict(raw), overwrite=False)

@@ -49,8 +49,14 @@ TASK_CAPABILITIES: dict[str, str] = {
     "so a finished run of it can be a GRPO reward (`task.reward: RUN_DIR`)",
     "chat-generation": "generates text from chat messages or a raw prompt (`generate_streaming`, "
     "GenerationOptions): the server's OpenAI-compatible routes serve it",
+    "label-audit": "`audit_labels()` gives the training records' labels (one per record or per token), "
+    "so `lmtune audit` looks for label issues by confident learning",
     "mixed-adapter-batches": "`predict` runs one model row per input through `inference_batches`, so "
     "the rows of one batch may each use a different LoRA adapter (the server mixes requests)",
+    "token-attributions": "`attribution_row` gives an input as one model row and the outputs to explain "
+    "in it (`lmtune explain`, POST /explain, the report's explained errors)",
+    "group-metrics": "`read_labelled_columns` reads extra columns of a labelled file row for row with "
+    "its records and `evaluate_rows` gives each row's gold and predicted label (`eval --group-column`)",
 }
 
 

@@ -1,4 +1,4 @@
-"""The `lmtune` command line: train, eval, predict, serve, sweep, compare, ensemble, export, distill,
+"""The `lmtune` command line: train, eval, predict, explain, serve, sweep, compare, ensemble, export, distill,
 models, methods, tasks.
 
 Every command builds the same `RunConfig` as the YAML file and the Python API. A user
@@ -214,24 +214,70 @@ def _print_report(directory: Path) -> None:
 
 # ---- eval -------------------------------------------------------------------------------------
 @app.command("eval")
-def eval_(run_dir: RunDirArg, data: LabelledDataFlag, output: MetricsOutputFlag = None) -> None:
-    """Evaluate a finished run on a labelled file."""
+def eval_(
+    run_dir: RunDirArg,
+    data: LabelledDataFlag,
+    output: MetricsOutputFlag = None,
+    group_column: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also report metrics per value of this column of --data (repeatable); not model input."
+        ),
+    ] = None,
+    max_gap: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Flag groups whose accuracy or macro F1 is this far below all rows'."
+        ),
+    ] = 0.05,
+) -> None:
+    """Evaluate a finished run on a labelled file (per group too, with --group-column)."""
     from lmtune.run import load_run
 
     _quiet_libraries()
-    metrics = load_run(run_dir).evaluate(data)
+    if group_column:
+        from lmtune.evaluation.fairness import evaluate_groups
+
+        metrics = evaluate_groups(run_dir, data, group_column, max_gap)
+    else:
+        metrics = load_run(run_dir).evaluate(data)
     table = RichTable("metric", "value", title=f"{run_dir} on {data}")
     # Multi-task runs nest one metric dict per sub-task: show them as `task.metric`.
     rows = [
         (f"{key}.{sub}" if isinstance(value, dict) else key, v)
         for key, value in metrics.items()
-        if key != "details"
+        if key not in ("details", "groups")
         for sub, v in (value.items() if isinstance(value, dict) else [(key, value)])
     ]
     for key, value in rows:
         if isinstance(value, float | int) and not isinstance(value, bool):
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    if group_column:
+        _print_groups(metrics["groups"], output)
     _print_table(table, output, metrics)
+
+
+def _print_groups(groups: dict[str, Any], output: Path | None) -> None:
+    """One table per group column ((!) marks flagged groups); with --output, a chart beside it."""
+    from lmtune.evaluation.fairness import groups_png, table_rows
+
+    for column, report in groups.items():
+        header, rows = table_rows(report)
+        gaps = report["gaps"]
+        caption = ", ".join(f"{k} {v:.4f}" for k, v in gaps.items() if isinstance(v, float))
+        table = RichTable(*header, title=f"by {escape(column)}", caption=caption)
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row))
+        console.print(table)
+        for flag in report["flagged"]:
+            console.print(
+                f"[yellow]flagged:[/yellow] {escape(column)}={escape(flag['group'])}: {flag['metric']} "
+                f"{flag['value']:.4f}, {flag['below_by']:.4f} below all rows (n={flag['n']})"
+            )
+    if output:
+        chart = output.with_name(f"{output.stem}_groups.png")
+        groups_png(groups, chart)
+        console.print(f"group chart written to {chart}")
 
 
 # ---- predict ----------------------------------------------------------------------------------
@@ -273,6 +319,129 @@ def predict(
     else:
         for row in rows:
             sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+# ---- explain ----------------------------------------------------------------------------------
+@app.command()
+def explain(
+    run_dir: RunDirArg,
+    text: Annotated[list[str] | None, typer.Option(help="Text to explain (repeatable).")] = None,
+    input_file: Annotated[
+        str | None, typer.Option("--input", "-i", help="File of inputs (csv/tsv/json/jsonl).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="HTML heatmap to write (JSONL beside it).")
+    ] = None,
+    jsonl: Annotated[Path | None, typer.Option(help="JSONL file of the records to write.")] = None,
+    target: Annotated[str | None, typer.Option(help="Explain this label (default: the prediction).")] = None,
+    method: Annotated[str, typer.Option(help="ig (integrated gradients) or rollout (attention).")] = "ig",
+    steps: Annotated[int, typer.Option(min=1, max=512, help="Integrated-gradients steps.")] = 32,
+    reduce: Annotated[str, typer.Option(help="Per-token score: sum (signed) or l2 (magnitude).")] = "sum",
+    top: Annotated[int, typer.Option(min=1, help="Top tokens shown per input.")] = 5,
+    faithfulness: Annotated[
+        bool, typer.Option(help="Measure comprehensiveness and sufficiency on --input's rows.")
+    ] = False,
+    rows: Annotated[int, typer.Option(min=1, help="Rows (a seeded sample) for --faithfulness.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the sample and the random baseline.")] = 0,
+    update_metrics: Annotated[
+        bool, typer.Option(help="With --faithfulness: record it in the run's metrics.json.")
+    ] = False,
+    report: Annotated[
+        bool, typer.Option(help="Explain --input's most confident errors in the run's report.md.")
+    ] = False,
+    errors: Annotated[int, typer.Option(min=1, help="Errors --report explains.")] = 5,
+    option: Annotated[
+        list[str] | None, typer.Option(help="Task prediction option, e.g. --option max_new_tokens=64.")
+    ] = None,
+) -> None:
+    """Token attributions: which words moved the prediction (terminal colour, HTML, JSONL)."""
+    from lmtune.config import parse_override
+    from lmtune.evaluation.explain import ExplainSettings, require_explainable
+    from lmtune.run import load_run
+
+    if not input_file and not text:
+        raise LmtuneError("nothing to explain", hint="pass --text 'some text' or --input FILE")
+    if input_file and text:
+        raise LmtuneError("give either --input or --text, not both")
+    if (faithfulness or report) and not input_file:
+        raise LmtuneError("--faithfulness and --report need a labelled --input FILE")
+    if update_metrics and not faithfulness:
+        raise LmtuneError("--update-metrics records --faithfulness: pass both")
+    settings = ExplainSettings(method=method, n_steps=steps, reduce=reduce, target=target)
+    _quiet_libraries()
+    run = load_run(run_dir)
+    require_explainable(run.task)
+    options = dict(_override_pair(item, parse_override) for item in option or [])
+    if text or output or jsonl or not (faithfulness or report):
+        items = [{"text": t} for t in text] if text else run.task.read_inputs(input_file)
+        _explain_inputs(run, items, settings, options, output, jsonl, top)
+    scores = None
+    if faithfulness:
+        scores = _explain_faithfulness(run, input_file, settings, rows, seed, update_metrics)
+    if report:
+        _explain_report(run, input_file, settings, errors, scores)
+
+
+def _override_pair(item: str, parse: Any) -> tuple[str, Any]:
+    parts, value = parse(item)
+    return ".".join(parts), value
+
+
+def _explain_inputs(
+    run: Any, items: list[dict[str, Any]], settings: Any, options: dict[str, Any], output: Path | None,
+    jsonl: Path | None, top: int,
+) -> None:  # fmt: skip
+    """Explain the inputs; print them, or write HTML and JSONL."""
+    from lmtune.evaluation.explain_render import print_records, write_html
+    from lmtune.io import write_jsonl
+
+    records = run.explain(items, settings, options)
+    jsonl = jsonl or (output.with_suffix(".jsonl") if output else None)
+    if output:
+        write_html(output, records, title=f"lmtune explanations: {run.directory.name}")
+    if jsonl:
+        write_jsonl(jsonl, records)
+    if output or jsonl:
+        written = " and ".join(str(p) for p in (output, jsonl) if p)
+        err_console.print(f"{len(records)} explanations written to {written}")
+    else:
+        print_records(console, records, top)
+
+
+def _explain_faithfulness(
+    run: Any, input_file: str, settings: Any, rows: int, seed: int, update_metrics: bool
+) -> dict[str, Any]:
+    """Measure faithfulness on the file's rows, print it, and record it in metrics.json if asked."""
+    from lmtune.evaluation.explain_faithfulness import faithfulness
+    from lmtune.io import write_json
+
+    items = run.task.read_inputs(input_file)
+    scores = faithfulness(run.task, run.model, run.tokenizer, items, settings, seed=seed, limit=rows)
+    title = f"faithfulness on {scores['rows']} rows"
+    table = RichTable("score", scores["method"], "random tokens", title=title)
+    for name in ("comprehensiveness", "sufficiency"):
+        table.add_row(name, f"{scores[name]:.4f}", f"{scores['random'][name]:.4f}")
+    console.print(table)
+    console.print("comprehensiveness: higher is better; sufficiency: lower is better.")
+    if update_metrics:
+        path = run.directory / "metrics.json"
+        metrics = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        write_json(path, {**metrics, "explanations": scores})
+        console.print(f"recorded under 'explanations' in {path}")
+    return scores
+
+
+def _explain_report(
+    run: Any, input_file: str, settings: Any, errors: int, scores: dict[str, Any] | None
+) -> None:
+    """Rewrite report.md's explanation section: the most confident errors (and faithfulness)."""
+    from lmtune.evaluation.explain_report import error_section, faithfulness_lines, replace_report_section
+
+    dataset = run.task.read_labelled(input_file)
+    lines = faithfulness_lines(scores) if scores else []
+    lines += error_section(run.task, run.model, run.tokenizer, dataset, errors, settings)
+    replace_report_section(run.directory / "report.md", lines)
+    console.print(f"explained errors written to {run.directory / 'report.md'}")
 
 
 # ---- serve ------------------------------------------------------------------------------------
@@ -441,6 +610,46 @@ def ensemble(
     _print_table(table, output, result)
 
 
+@app.command()
+def probe(
+    run_dir: RunDirArg,
+    template: Annotated[str, typer.Option(help='Text with {name} placeholders, e.g. "{name} was great."')],
+    fill: Annotated[
+        list[str], typer.Option(help="NAME=FILE: the values of {NAME}, one a line (repeatable).")
+    ],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the probe as JSON.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Inference batch size.")] = None,
+) -> None:
+    """Counterfactual probe: predict a template filled with every value; largest gaps per label."""
+    from lmtune.evaluation.probe import probe as run_probe
+    from lmtune.evaluation.probe import values_text
+    from lmtune.io import write_json
+
+    _quiet_libraries()
+    result = run_probe(run_dir, template, fill, batch_size=batch_size)
+    labels = list(result["gaps"])
+    shown = labels[:8]  # a wide label set would not fit a terminal; the JSON has every label
+    table = RichTable("values", "prediction", *shown, title=f"{run_dir}: {escape(template)}")
+    for row in result["results"]:
+        label = row["label"] if isinstance(row["label"], str) else ", ".join(row["label"])
+        scores = (f"{row['scores'][name]:.4f}" for name in shown)
+        table.add_row(escape(values_text(row["values"])), escape(label), *scores)
+    console.print(table)
+    gaps = RichTable("label", "largest gap", "highest (p)", "lowest (p)", title="Probability gaps")
+    for name, gap in sorted(result["gaps"].items(), key=lambda item: -item[1]["gap"]):
+        high, low = gap["highest"], gap["lowest"]
+        gaps.add_row(
+            escape(name),
+            f"{gap['gap']:.4f}",
+            f"{escape(values_text(high['values']))} ({high['probability']:.4f})",
+            f"{escape(values_text(low['values']))} ({low['probability']:.4f})",
+        )
+    console.print(gaps)
+    if output:
+        write_json(output, result)
+        console.print(f"probe written to {output}")
+
+
 # ---- export and distill -----------------------------------------------------------------------
 @app.command()
 def export(
@@ -511,6 +720,50 @@ def distill(
             shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
             console.print(f"{name} test: {shown}")
     console.print(f"\nrun directory: [bold]{run.directory}[/bold] (report.md, metrics.json, model/)")
+
+
+@app.command()
+def audit(
+    config: ConfigArg = None,
+    model: ModelFlag = None,
+    task: TaskFlag = None,
+    train_file: TrainFileFlag = None,
+    validation: ValidationFlag = None,
+    test: TestFlag = None,
+    set_: SetFlag = None,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where audit.csv/md go.")] = Path(
+        "audit"
+    ),
+    thorough: Annotated[
+        bool, typer.Option(help="Label issues from k fine-tuned folds of the run's method (slow).")
+    ] = False,
+    folds: Annotated[int, typer.Option(min=2, max=20, help="Folds for out-of-fold probabilities.")] = 5,
+    near_duplicate: Annotated[
+        float, typer.Option(min=0.5, max=1.0, help="Cosine at which two texts are near duplicates.")
+    ] = 0.97,
+    write_clean: Annotated[
+        Path | None, typer.Option(help="Write train without label issues and duplicates here.")
+    ] = None,
+) -> None:
+    """Audit the data: label issues, duplicates, leakage, outliers, imbalance, truncation."""
+    from lmtune.config import RunConfig
+    from lmtune.data.audit import ISSUES, AuditSettings
+    from lmtune.data.audit_report import run_audit
+
+    raw = _raw_config(config, _run_flags(model, task, train_file, validation, test, None), set_)
+    cfg = RunConfig.from_dict(raw, source=str(config) if config else "command line")
+    _quiet_libraries()
+    mode = "thorough" if thorough else "fast"
+    settings = AuditSettings(mode=mode, folds=folds, near_duplicate_similarity=near_duplicate)
+    result = run_audit(cfg, settings, output_dir, write_clean)
+    splits = list(result.summary["rows"])
+    table = RichTable("issue", *splits, title=f"data audit ({mode}) of {cfg.data.train}")
+    for issue in ISSUES:
+        table.add_row(issue, *(str(result.summary["issues"][issue][s]) for s in splits))
+    console.print(table)
+    console.print(f"{len(result.findings)} findings: {output_dir / 'audit.csv'}, {output_dir / 'audit.md'}")
+    if write_clean is not None:
+        console.print(f"cleaned copy of {cfg.data.train}: {write_clean}")
 
 
 @app.command("merge-adapters")

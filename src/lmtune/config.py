@@ -192,6 +192,10 @@ class DataConfig(_Strict):
     max_train_samples: int | None = Field(
         default=None, ge=1, description="Train on a seeded random subset of this size (quick experiments)."
     )
+    audit: bool = Field(
+        default=False,
+        description="Run the fast data audit (label issues, duplicates, leakage, outliers) into report.md.",
+    )
 
 
 def common_data_keys() -> list[str]:
@@ -418,6 +422,20 @@ class SweepConfig(_Strict):
         return space
 
 
+class EvaluationConfig(_Strict):
+    """What a run computes about its trained model beyond the task's metrics."""
+
+    explain_errors: int = Field(
+        default=0, ge=0, le=100, description="Explain this many confident test errors in report.md."
+    )
+    faithfulness_samples: int = Field(
+        default=0,
+        ge=0,
+        le=2000,
+        description="Test rows on which the explanations' faithfulness is measured (0: not measured).",
+    )
+
+
 class RunConfig(_Strict):
     """Everything one fine-tuning run needs."""
 
@@ -428,6 +446,9 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     output_dir: str = Field(default="runs/run", description="Run directory.")
     sweep: SweepConfig | None = Field(default=None, description="Search space for `lmtune sweep`.")
+    evaluation: EvaluationConfig | None = Field(
+        default=None, description="Explanations and their faithfulness, computed after training."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -479,8 +500,11 @@ class RunConfig(_Strict):
         raw = self.model_dump(mode="json")
         # Optional sections that are unset stay out, so configs (and run fingerprints) of runs
         # that do not use them are unchanged.
-        if raw.get("sweep") is None:
-            raw.pop("sweep", None)
+        for section in ("sweep", "evaluation"):
+            if raw.get(section) is None:
+                raw.pop(section, None)
+        if raw["data"].get("audit") is False:
+            raw["data"].pop("audit")
         if raw["data"].get("augment", "unset") is None:
             raw["data"].pop("augment")
         if raw["model"].get("from_run") == "merge":

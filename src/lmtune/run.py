@@ -218,10 +218,12 @@ def train(
     fit = fit_model(plan, prepared, built, trainer_class, callbacks or [])
     if not plan.main:
         return None
+    fitted = fit_after_training(prepared, fit.model)
     save_trained_model(plan.out, prepared, built.method, fit.model)
     results = evaluate_splits(prepared, fit.model)
-    metrics = collect_metrics(prepared, built, fit, results)
-    write_artefacts(plan, prepared, built.method, metrics, results)
+    explained, explained_sections = explain_test_split(prepared, fit.model)
+    metrics = collect_metrics(prepared, built, fit, results, {**fitted, **explained})
+    write_artefacts(plan, prepared, built.method, metrics, results, explained_sections)
     return Run(plan.out, prepared.resolved, prepared.task, fit.model, prepared.tokenizer, metrics)
 
 
@@ -236,6 +238,11 @@ def plan_run(cfg: RunConfig, overwrite: bool) -> RunPlan:
         )
     task_cls = get_task_class(cfg.task.type)
     method_cls = get_method_class(cfg.method.name)
+    ev = cfg.evaluation
+    if ev is not None and (ev.explain_errors or ev.faithfulness_samples):
+        # Refused before training, not noted after it: the run would not give what was asked.
+        for capability in ("token-attributions", "class-probabilities"):
+            task_cls.require(capability, "evaluation.explain_errors / faithfulness_samples")
     distributed.check_supported(cfg)
     if distributed.is_distributed():
         distributed.process_state(cfg.train.distributed)
@@ -528,13 +535,32 @@ def _full_model(trainer: Any, built: BuiltModel) -> Any:
     return built.skeleton.filled(full_state)
 
 
+def fit_after_training(prepared: PreparedRun, model: Any) -> dict[str, Any]:
+    """What the task fits on the trained model and the validation split (e.g. a temperature), before
+    saving and evaluating, so both use it; returns the task's entries for metrics.json."""
+    validation = prepared.data.splits.get("validation")
+    return prepared.task.fit_after_training(model, prepared.tokenizer, validation, prepared.eval_batch_size)
+
+
+def explain_test_split(prepared: PreparedRun, model: Any) -> tuple[dict[str, Any], list[str]]:
+    """evaluation.explain_errors / faithfulness_samples on the test split: metrics.json's
+    `explanations` and report.md's explained errors (({}, []) when neither is set)."""
+    from lmtune.evaluation.explain_report import explain_after_training
+
+    return explain_after_training(prepared, model)
+
+
 def save_trained_model(out: Path, prepared: PreparedRun, method: Method, model: Any) -> None:
     """model/: the method's own format (adapter + head, or the whole model), tokenizer, lmtune.json."""
     resolved = prepared.resolved
+    info = model_info(resolved, prepared.task.labels)
+    state = prepared.task.fitted_state()
+    if state:  # only tasks that fitted something write the key: other runs' lmtune.json is unchanged
+        info["task_state"] = state
     with atomic_dir(out / "model") as tmp:
         method.save(model, tmp)
         prepared.tokenizer.save_pretrained(tmp)
-        write_json(tmp / "lmtune.json", model_info(resolved, prepared.task.labels))
+        write_json(tmp / "lmtune.json", info)
 
 
 def model_info(resolved: RunConfig, labels: list[str] | None) -> dict[str, Any]:
@@ -559,11 +585,16 @@ def evaluate_splits(prepared: PreparedRun, model: Any) -> dict[str, EvalResult]:
 
 
 def collect_metrics(
-    prepared: PreparedRun, built: BuiltModel, fit: FitResult, results: dict[str, EvalResult]
+    prepared: PreparedRun,
+    built: BuiltModel,
+    fit: FitResult,
+    results: dict[str, EvalResult],
+    fitted: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """metrics.json: a pure function of what the phases produced."""
+    """metrics.json: a pure function of what the phases produced (`fitted`: `fit_after_training`'s)."""
     metrics: dict[str, Any] = {split: r.metrics for split, r in results.items()}
     metrics["train"] = _training_figures(prepared, built, fit)
+    metrics.update(fitted or {})
     if built.baseline is not None:
         metrics["baseline"] = built.baseline
     metrics["details"] = {split: r.details for split, r in results.items()}
@@ -615,13 +646,23 @@ def write_artefacts(
     method: Method,
     metrics: dict[str, Any],
     results: dict[str, EvalResult],
+    extra_sections: list[str] | None = None,
 ) -> None:
-    """metrics.json, report.md, the model card; then mark the run complete and drop checkpoints."""
+    """metrics.json, report.md, the model card; then mark the run complete and drop checkpoints.
+    `extra_sections` (explained errors) follow the task's and the audit's report sections."""
     from lmtune.evaluation.report import write_model_card, write_report
 
     out, resolved = plan.out, prepared.resolved
     write_json(out / "metrics.json", metrics)
     sections = prepared.task.report_sections(results, out)
+    if prepared.data.audit is not None:
+        from lmtune.data.audit_report import audit_sections, write_findings_csv
+
+        write_findings_csv(prepared.data.audit.findings, out / "audit.csv")
+        audit = prepared.data.audit
+        sections += ["## Data audit\n", "Every finding: audit.csv.\n"]
+        sections += audit_sections(audit.summary, audit.findings, out, audit.given_label_probability)
+    sections += extra_sections or []
     write_report(out, resolved, metrics, prepared.data.report, sections)
     write_model_card(out, resolved, metrics, method_saves_adapter=method.supports("peft-adapter"))
     # Complete first, then drop checkpoints: a kill in between leaves spare checkpoints, not a
@@ -693,6 +734,7 @@ class Run:
 
         with MODEL_CONSTRUCTION_LOCK:
             model = method.load(model_dir, build)
+        task.restore_state(saved_task_state(model_dir))
         model.to(device or default_device())
         model.eval()
         tokenizer = _load_tokenizer(str(model_dir), cfg)
@@ -734,6 +776,38 @@ class Run:
         result = self.task.evaluate(self.model, self.tokenizer, dataset, batch_size or self.batch_size)
         return {**result.metrics, "details": result.details}
 
+    def explain(
+        self,
+        texts: str | list[str] | list[dict[str, Any]],
+        settings: Any = None,
+        options: dict[str, Any] | None = None,
+    ) -> list[dict]:
+        """Token attributions per input (`lmtune.evaluation.explain`): its prediction, tokens,
+        words and each target's scores; `settings` is an `ExplainSettings` (method, steps, target)."""
+        from lmtune.evaluation.explain import explain, require_explainable
+
+        require_explainable(self.task)
+        if isinstance(texts, str):
+            texts = [texts]
+        inputs = [t if isinstance(t, dict) else {"text": t} for t in texts]
+        for i, item in enumerate(inputs):
+            self.task.check_input(i, item)
+        opts = self.task.predict_options(options)
+        return explain(self.task, self.model, self.tokenizer, inputs, settings, opts)
+
 
 def load_run(directory: str | Path, device: str | None = None) -> Run:
     return Run.load(directory, device)
+
+
+def saved_task_state(model_dir: Path) -> dict[str, Any]:
+    """model/lmtune.json's `task_state` (what `Task.fitted_state` gave at training), {} if none."""
+    path = Path(model_dir) / "lmtune.json"
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise LmtuneError(f"{path} is not valid JSON", hint="the run's model/ folder is damaged") from None
+    state = info.get("task_state") if isinstance(info, dict) else None
+    return state if isinstance(state, dict) else {}

@@ -82,6 +82,7 @@ def test_predictions_equal_run_predict_for_each_adapter(serve_runs, expected):
 
 ROUTES = {
     ("/predict", "post"): "predict_predict_post",
+    ("/explain", "post"): "explain_explain_post",
     ("/health", "get"): "health_health_get",
     ("/info", "get"): "info_info_get",
     ("/metrics", "get"): "prometheus_metrics_metrics_get",
@@ -422,3 +423,19 @@ def test_mixed_generation_batches_equal_each_adapters_own(tiny_llama, tmp_path):
     )
     for i, (name, row) in enumerate(zip(names, mixed, strict=True)):
         assert row == alone[name][0 if i < 3 else 1], (name, i)
+
+
+def test_runs_with_different_fitted_state_do_not_share_a_batch_key():
+    """Two adapters with different temperatures would be predicted through one task in a mixed batch."""
+    from types import SimpleNamespace
+
+    from lmtune.config import RunConfig
+    from lmtune.serving.app import _prediction_settings
+
+    cfg = RunConfig.from_dict({"model": "x"})
+
+    def run(state: dict) -> SimpleNamespace:
+        return SimpleNamespace(config=cfg, task=SimpleNamespace(fitted_state=lambda: state))
+
+    assert _prediction_settings(run({})) == _prediction_settings(run({}))
+    assert _prediction_settings(run({"temperature": 1.5})) != _prediction_settings(run({}))

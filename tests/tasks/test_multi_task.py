@@ -136,6 +136,12 @@ def test_bad_sub_task_specs_name_the_sub_task(spec, message):
     assert "classification, token-classification" in str(info.value) or "unknown key" in message
 
 
+def test_calibration_of_a_sub_task_is_refused_not_ignored():
+    spec = {"type": "classification", "train": "a.csv", "calibration": "temperature"}
+    with pytest.raises(LmtuneError, match=r"sub-task 'topic': calibration is not fitted inside multi-task"):
+        RunConfig.from_dict({"model": "x", "task": {"type": "multi-task", "tasks": {"topic": spec}}})
+
+
 def test_missing_file_unsupported_method_and_misplaced_data_are_clear(mt_files, tmp_path):
     raw = mt_config("x", mt_files, tmp_path / "run")
     raw["task"]["tasks"]["entities"]["train"] = str(tmp_path / "nope.conll")

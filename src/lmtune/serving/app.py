@@ -1,6 +1,8 @@
 """The HTTP server: a FastAPI app that serves one run (and more adapters on its base model).
 
     POST /predict            {"texts": [...], "adapter"?: name, "options"?: {...}}
+    POST /explain            the same body (+ "target", "method", "n_steps"): token attributions
+                             (`serving/explain_api.py`)
     GET  /health, /info      liveness; model, task, labels, adapters, limits
     GET  /metrics            Prometheus text (requests by status, latency, batch sizes, queue)
     POST /admin/adapters     {"name", "run_dir"}: load an adapter at runtime (bearer token)
@@ -114,6 +116,11 @@ class Adapter:
     shared: bool
     info: dict[str, Any] = field(default_factory=dict)
     adapters_off: bool = False  # the base model: the shared PeftModel with its adapters disabled
+    # What its predictions depend on besides the weights, derived once: compared per request.
+    prediction_settings: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        self.prediction_settings = _prediction_settings(self.run)
 
 
 BASE_MODEL_RUN = "none"  # `--adapter base=none`: serve the base model itself under that name
@@ -227,7 +234,7 @@ class AdapterPool:
 
     def load(self, name: str, run_dir: str | Path) -> Adapter:
         """Load a run as adapter `name`; call in the model thread (never during a forward)."""
-        from lmtune.run import Run
+        from lmtune.run import Run, saved_task_state
         from lmtune.tasks import get_task_class
 
         if str(run_dir) == BASE_MODEL_RUN:
@@ -244,6 +251,7 @@ class AdapterPool:
             metrics_file = run_dir / "metrics.json"
             metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.exists() else {}
             task = get_task_class(cfg.task.type)(cfg)
+            task.restore_state(saved_task_state(run_dir / "model"))  # e.g. its fitted temperature
             run = Run(run_dir, cfg, task, self.peft_model, self.primary.tokenizer, metrics)
             adapter = Adapter(name, run, True, self._describe(cfg))
         else:
@@ -285,7 +293,7 @@ class AdapterPool:
         if config is None or str(config.peft_type.value) != "LORA" or getattr(config, "use_dora", False):
             return False
         # Rows of one batch go through one task: it must predict as each adapter's own task would.
-        return _prediction_settings(adapter.run.config) == _prediction_settings(self.primary.config)
+        return adapter.prediction_settings == self.adapters[DEFAULT_ADAPTER].prediction_settings
 
     def run_group(
         self, names: list[str], items: list[dict[str, Any]], options: dict[str, Any], batch_size: int
@@ -332,11 +340,12 @@ class AdapterPool:
         return contextlib.nullcontext()
 
 
-def _prediction_settings(cfg: Any) -> str:
-    """What a run's predictions depend on besides its weights (its task, truncation, precision)."""
-    return json.dumps(
-        [cfg.task.model_dump(mode="json"), cfg.data.max_length, cfg.train.precision], sort_keys=True
-    )
+def _prediction_settings(run: Any) -> str:
+    """What a run's predictions depend on besides its weights: its task (options and what was
+    fitted after training, e.g. a temperature), truncation and precision."""
+    cfg = run.config
+    settings = [cfg.task.model_dump(mode="json"), cfg.data.max_length, cfg.train.precision]
+    return json.dumps([*settings, run.task.fitted_state()], sort_keys=True)
 
 
 # ---- metrics ------------------------------------------------------------------------------------
@@ -508,6 +517,9 @@ def create_app(
     batcher.on_batch = served.metrics.observe_batch
     app = _make_app(served)
     _add_predict_route(app, served)
+    from lmtune.serving.explain_api import add_explain_route
+
+    add_explain_route(app, served)
     if pool.primary.task.supports("chat-generation"):
         from lmtune.serving.openai_api import add_openai_routes
 

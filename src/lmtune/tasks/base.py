@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from lmtune.config import RunConfig
+    from lmtune.evaluation.explain import ExplainRow
     from lmtune.training.trainer import TrainerSpec
 
 
@@ -51,6 +52,8 @@ class PreparedData:
     # batch_size, seed)` builds the length-grouped stream; `train_rows` is its size, for the schedule.
     train_stream: Any = None
     train_rows: int | None = None
+    # data.audit: the fast audit's findings (`lmtune.data.audit.AuditResult`); its summary is in `report`.
+    audit: Any = None
 
 
 @dataclass
@@ -96,6 +99,11 @@ class Task(Capable):
             )
         streamed = self.prepare_stream()
         if streamed is not None:
+            if d.audit:
+                raise LmtuneError(
+                    "data.audit reads the whole training file; it cannot audit a streamed one",
+                    hint="run `lmtune audit` on the file, or drop data.audit",
+                )
             return streamed
         train, info = self.read_records(d.train, "train")
         prepared = split_records(
@@ -107,10 +115,20 @@ class Task(Capable):
             source=d.train,
             train_info=info,
         )
+        # Audited as read and carved: augmented copies would only be near duplicates of their source.
+        audit = self._audit(prepared.records) if d.audit else None
         prepared.records["train"], added = self.extend_train(prepared.records["train"])
         report = {**self.data_report(prepared), **added}
+        if audit is not None:
+            report["audit"] = audit.summary
         datasets = {name: self.to_dataset(records) for name, records in prepared.records.items()}
-        return PreparedData(splits=datasets, labels=self.labels, report=report)
+        return PreparedData(splits=datasets, labels=self.labels, report=report, audit=audit)
+
+    def _audit(self, records: dict[str, list[Any]]) -> Any:
+        """data.audit: the fast audit of the splits (`lmtune.data.audit`), before any augmentation."""
+        from lmtune.data.audit import AuditSettings, audit_records, encoder_for
+
+        return audit_records(self, records, AuditSettings(seed=self.cfg.train.seed), encoder_for(self.cfg))
 
     def read_records(self, path: str, split: str | None) -> tuple[list[Any], dict[str, Any]]:
         """The checked records of one file, and what reading found (counts for the data report).
@@ -152,6 +170,15 @@ class Task(Capable):
         """A labelled file for `lmtune eval`, checked against the run's labels."""
         records, _ = self.read_records(path, None)
         return self.to_dataset(records)
+
+    def record_where(self, record: Any) -> str:
+        """Where a checked record came from ("file, line N"), for the data audit's findings."""
+        return record.get("_where", "") if isinstance(record, dict) else ""
+
+    def audit_labels(self, records: list[Any]) -> Any:
+        """The records' labels for the audit's label-issue check (`lmtune.data.audit.SequenceLabels`
+        or `TokenLabels`), for tasks declaring `label-audit`; None when these records have none."""
+        return None
 
     def read_inputs(self, path: str) -> list[dict[str, Any]]:
         """Inputs for `lmtune predict` (labels not required)."""
@@ -257,6 +284,43 @@ class Task(Capable):
     def report_sections(self, results: dict[str, EvalResult], run_dir: Path) -> list[str]:
         """Markdown sections (and plots written into run_dir) for report.md."""
         return []
+
+    # after training: state fitted on validation (e.g. a temperature) ------------------------------
+    def fit_after_training(
+        self, model: nn.Module, tokenizer: Any, validation: Dataset | None, batch_size: int
+    ) -> dict[str, Any]:
+        """Fit what the task derives from the trained model on the (untokenized) validation split,
+        before the model is saved and evaluated; returns entries for metrics.json (default: none).
+        What it fits is `fitted_state`, saved in model/lmtune.json and given back by `Run.load`."""
+        return {}
+
+    def fitted_state(self) -> dict[str, Any]:
+        """JSON-able state `fit_after_training` fitted (model/lmtune.json's `task_state`)."""
+        return {}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        """Take back `fitted_state` when a finished run is loaded (`{}` for runs without any)."""
+
+    # eval --group-column: declared by "group-metrics" (`evaluation/fairness.py`) ------------------
+    def read_labelled_columns(
+        self, path: str, columns: Sequence[str]
+    ) -> tuple[Dataset, dict[str, list[str]]]:
+        """`read_labelled(path)` plus the values of `columns` of the same file, one per dataset row
+        (rows the task drops are dropped from the columns too); the columns never reach the model."""
+        raise NotImplementedError
+
+    def evaluate_rows(
+        self, model: nn.Module, tokenizer: Any, dataset: Dataset, batch_size: int
+    ) -> tuple[EvalResult, list[str], list[str]]:
+        """`evaluate`, plus each row's gold and predicted label (in dataset order), from one pass."""
+        raise NotImplementedError
+
+    def attribution_row(
+        self, model: nn.Module, tokenizer: Any, item: dict[str, Any], target: str | None, options: Any
+    ) -> ExplainRow:
+        """An input as one model row and the outputs to explain in it (`target`: one the user
+        named, else the predicted ones); declared by "token-attributions" (`evaluation/explain.py`)."""
+        raise NotImplementedError
 
 
 # ---- shared inference machinery ----------------------------------------------------------------

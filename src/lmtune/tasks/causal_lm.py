@@ -455,6 +455,7 @@ class CausalLmTask(Task):
             "bf16-on-cpu",
             "chat-generation",
             "mixed-adapter-batches",
+            "token-attributions",
         }
     )
     greater_is_better: ClassVar[bool] = False
@@ -827,6 +828,64 @@ class CausalLmTask(Task):
             for (ids, shown), out in zip(encoded, outputs, strict=True)
         ]
 
+    # ---- explanations -------------------------------------------------------------------------
+    def attribution_row(
+        self, model: Any, tokenizer: Any, item: dict[str, Any], target: str | None, options: Any
+    ) -> Any:
+        """The prompt and its greedy answer (generated as `predict` generates) as one row; the
+        target: the answer's summed token log-probability, explained on the prompt's tokens."""
+        from lmtune.evaluation.explain import AttributionTarget, ExplainRow, Word, words_of_encoding
+
+        if target is not None:
+            raise LmtuneError(
+                f"--target does not apply to task '{self.name}'", hint="the generated answer is explained"
+            )
+        self.check_input(0, item)
+        given = options if isinstance(options, GenerationOptions) else GenerationOptions()
+        opts = self.generation_options(given).model_copy(update={"greedy": True})
+        ensure_chat_template(tokenizer)
+        # What `prompt_ids` encodes, with offsets for the words.
+        source, shown = self._prompt(item, opts)
+        text = source if isinstance(source, str) else _render(tokenizer, source, True)
+        enc = tokenizer([text], add_special_tokens=isinstance(source, str), return_offsets_mapping=True)
+        prompt = list(enc["input_ids"][0])
+        arguments = self.generate_arguments(model, tokenizer, opts)
+        model.eval()
+        with torch.no_grad():
+            inputs = torch.tensor([prompt], device=model_device(model))
+            out = model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), **arguments)
+        generated = out[0, len(prompt) :].tolist()
+        finished = self.finished(tokenizer, generated, arguments["eos_token_id"], opts)
+        # An empty answer (EOS at once): explain the stop itself.
+        answer = _until_eos(generated, arguments["eos_token_id"]) or generated[:1]
+        ids = prompt + answer
+        words = words_of_encoding(enc, 0, [("prompt", text)])
+        words += [
+            Word(tokenizer.decode([t]), "answer", -1, -1, [len(prompt) + i]) for i, t in enumerate(answer)
+        ]
+        special = set(tokenizer.all_special_ids)
+        vocabulary = max(1, int(getattr(model.config, "vocab_size", 0) or len(tokenizer)))
+        return ExplainRow(
+            item=item,
+            prediction={"prompt": shown, **finished, "prompt_tokens": len(prompt)},
+            features={"input_ids": ids, "attention_mask": [1] * len(ids)},
+            tokens=tokenizer.convert_ids_to_tokens(ids),
+            words=words,
+            # The answer stays as generated in the baseline: only the prompt is explained.
+            fixed=[t in special for t in prompt] + [True] * len(answer),
+            targets=[
+                AttributionTarget(
+                    "answer",
+                    "log-probability",
+                    _answer_log_prob(answer),
+                    list(range(len(prompt) - 1, len(ids) - 1)),
+                )
+            ],
+            # Only the positions that predict the answer are projected onto the vocabulary.
+            forward_kwargs={"logits_to_keep": len(answer) + 1, "use_cache": False},
+            batch_limit=max(1, 2**26 // (vocabulary * (len(answer) + 1))),
+        )
+
     # ---- report -------------------------------------------------------------------------------
     def report_sections(self, results: dict[str, EvalResult], run_dir: Path) -> list[str]:
         """Sample generations of each split; on test beside the untuned model's."""
@@ -848,6 +907,18 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
         if value is not None and value not in ids:
             ids.append(int(value))
     return ids
+
+
+def _answer_log_prob(answer: list[int]) -> Any:
+    """The explained value of a generated answer: the sum of its tokens' log-probabilities, read
+    from the last len(answer) + 1 positions' logits (`logits_to_keep`), the last one unused."""
+
+    def value(output: Any) -> torch.Tensor:
+        logits = output.logits[:, -len(answer) - 1 : -1].float()
+        wanted = torch.tensor(answer, device=logits.device).expand(logits.shape[0], -1)
+        return torch.log_softmax(logits, dim=-1).gather(-1, wanted[..., None])[..., 0].sum(-1)
+
+    return value
 
 
 def _until_eos(ids: list[int], eos_ids: list[int]) -> list[int]:

@@ -6,11 +6,11 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from lmtune.config import AugmentConfig
 from lmtune.data import checks
@@ -18,6 +18,7 @@ from lmtune.data.augment import augment_train
 from lmtune.data.readers import Table, read_table
 from lmtune.data.splits import Carving, SplitRecords
 from lmtune.errors import LmtuneError
+from lmtune.evaluation.calibration import calibration_details, expected_calibration_error
 from lmtune.tasks.base import EvalResult, PreparedData, Rows, Task, inference_batches
 
 
@@ -44,6 +45,20 @@ class ClassificationOptions(BaseModel):
         default=None, description="Several labels per text; default: detected from the labels."
     )
     threshold: float = Field(default=0.5, gt=0, lt=1, description="Multi-label decision threshold.")
+    calibration: Literal["none", "temperature"] = Field(
+        default="none",
+        description="temperature: after training, fit one temperature on the validation logits "
+        "(lower NLL and ECE, same argmax); every probability (eval, predict, serve) applies it.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _drop_default_calibration(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out at its default, so configs (and run fingerprints) from before the option are
+        # unchanged: task options are dumped whole into the config.
+        data = handler(self)
+        if data.get("calibration") == "none":
+            data.pop("calibration")
+        return data
 
 
 def _as_list(label: str | list[str]) -> list[str]:
@@ -79,6 +94,9 @@ class ClassificationTask(Task):
             "class-probabilities",
             "logit-distillation",
             "mixed-adapter-batches",
+            "group-metrics",
+            "token-attributions",
+            "label-audit",
         }
     )
 
@@ -88,6 +106,10 @@ class ClassificationTask(Task):
         self.text_column: str | None = cfg.data.text_column
         self.pair_column: str | None = cfg.data.text_pair_column
         self.label_column: str | None = cfg.data.label_column
+        # task.calibration=temperature: fitted after training (`fit_after_training`), saved in
+        # model/lmtune.json and restored by `Run.load`; None: logits are used as they are.
+        self.temperature: float | None = None
+        self.calibration_record: dict[str, Any] = {}
 
     def resolved_options(self) -> dict[str, Any]:
         return {"multi_label": self.multi_label}
@@ -332,6 +354,15 @@ class ClassificationTask(Task):
             return vector
         return index[label]  # type: ignore[index]
 
+    def audit_labels(self, records: list[dict[str, Any]]) -> Any:
+        from lmtune.data.audit import SequenceLabels
+
+        # Multi-label rows have no single given label for confident learning to question.
+        if self.multi_label or not records or "label" not in records[0]:
+            return None
+        index = {label: i for i, label in enumerate(self.labels or [])}
+        return SequenceLabels(labels=list(self.labels or []), label_ids=[index[r["label"]] for r in records])
+
     def read_inputs(self, path: str) -> list[dict[str, Any]]:
         table = read_table(path, self.cfg.data.format)
         records, _ = self._extract(table, need_label=False)
@@ -376,8 +407,12 @@ class ClassificationTask(Task):
         )
 
     # ---- metrics ----------------------------------------------------------------------------
-    def _probabilities(self, logits: np.ndarray) -> np.ndarray:
+    def _probabilities(self, logits: np.ndarray, *, calibrated: bool = True) -> np.ndarray:
+        # The one place logits become probabilities (eval, predict, serve, ensembles), so the
+        # fitted temperature applies everywhere.
         t = torch.from_numpy(np.asarray(logits, dtype=np.float32))
+        if calibrated and self.temperature is not None:
+            t = t / self.temperature
         return (torch.sigmoid(t) if self.multi_label else torch.softmax(t, dim=-1)).numpy()
 
     def scores(self, y_true: np.ndarray, probs: np.ndarray) -> EvalResult:
@@ -410,6 +445,8 @@ class ClassificationTask(Task):
             )
         if self.multi_label:
             metrics["hamming_loss"] = float(hamming_loss(y_true, y_pred))
+        # Multi-label: the mean of the per-label binary ECEs (evaluation/calibration.py).
+        metrics["ece"] = expected_calibration_error(probs, y_true, multi_label=self.multi_label)
         metrics["n"] = len(y_true)
         kwargs = {"average": None, "zero_division": 0}
         if not self.multi_label:
@@ -427,6 +464,7 @@ class ClassificationTask(Task):
         details: dict[str, Any] = {"per_class": per_class}
         if not self.multi_label:
             details["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=ids).tolist()
+            details.update(calibration_details(probs, y_true))
         return EvalResult(metrics=metrics, details=details)
 
     def trainer_metrics(self) -> Any:
@@ -437,23 +475,86 @@ class ClassificationTask(Task):
 
         return compute
 
+    def logits(
+        self, model: Any, tokenizer: Any, features: list[dict[str, Any]], batch_size: int
+    ) -> np.ndarray:
+        """Raw logits (no temperature) for tokenized features, in their original order."""
+        out = np.zeros((len(features), len(self.labels or [])), dtype=np.float32)
+        for index, batch in inference_batches(self, model, features, self.collator(tokenizer), batch_size):
+            out[index] = model(**batch).logits.float().cpu().numpy()
+        return out
+
     def probabilities(
         self, model: Any, tokenizer: Any, features: list[dict[str, Any]], batch_size: int
     ) -> np.ndarray:
-        """Probabilities for tokenized features, in their original order."""
-        out = np.zeros((len(features), len(self.labels or [])), dtype=np.float32)
-        for index, batch in inference_batches(self, model, features, self.collator(tokenizer), batch_size):
-            logits = model(**batch).logits.float()
-            probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
-            out[index] = probs.cpu().numpy()
-        return out
+        """Probabilities for tokenized features, in their original order (temperature applied)."""
+        return self._probabilities(self.logits(model, tokenizer, features, batch_size))
+
+    def _gold_and_logits(
+        self, model: Any, tokenizer: Any, dataset: Any, batch_size: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        features = [dict(row) for row in self.tokenize(dataset, tokenizer)]
+        logits = self.logits(model, tokenizer, features, batch_size)
+        return np.asarray([f["labels"] for f in features]), logits
 
     def evaluate(self, model: Any, tokenizer: Any, dataset: Any, batch_size: int) -> EvalResult:
-        tokenized = self.tokenize(dataset, tokenizer)
-        features = [dict(row) for row in tokenized]
-        probs = self.probabilities(model, tokenizer, features, batch_size)
-        gold = np.asarray([f["labels"] for f in features])
-        return self.scores(gold, probs)
+        gold, logits = self._gold_and_logits(model, tokenizer, dataset, batch_size)
+        result = self.scores(gold, self._probabilities(logits))
+        if self.temperature is not None and len(gold):
+            raw = self._probabilities(logits, calibrated=False)
+            result.metrics["ece_uncalibrated"] = expected_calibration_error(
+                raw, gold, multi_label=self.multi_label
+            )
+        return result
+
+    # ---- after training: task.calibration ------------------------------------------------------
+    def fit_after_training(
+        self, model: Any, tokenizer: Any, validation: Any, batch_size: int
+    ) -> dict[str, Any]:
+        if self.options.calibration == "none":
+            return {}
+        from lmtune.evaluation.calibration import temperature_record
+
+        if validation is None:
+            gold, logits = np.zeros(0), np.zeros((0, len(self.labels or [])))
+        else:
+            gold, logits = self._gold_and_logits(model, tokenizer, validation, batch_size)
+        self.temperature, self.calibration_record = temperature_record(logits, gold, self.multi_label)
+        return {"calibration": self.calibration_record}
+
+    def fitted_state(self) -> dict[str, Any]:
+        return {"temperature": self.temperature} if self.temperature is not None else {}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        temperature = state.get("temperature")
+        if temperature is not None and not (isinstance(temperature, int | float) and temperature > 0):
+            raise LmtuneError(f"model/lmtune.json: task_state.temperature must be > 0, got {temperature!r}")
+        self.temperature = float(temperature) if temperature is not None else None
+
+    # ---- eval --group-column -------------------------------------------------------------------
+    def read_labelled_columns(self, path: str, columns: Sequence[str]) -> tuple[Any, dict[str, list[str]]]:
+        from lmtune.evaluation.fairness import group_values
+
+        table = read_table(path, self.cfg.data.format)
+        records = self._checked(self._extract(table, need_label=True)[0])
+        # Rows without text are dropped by `_extract`: map each record back to its table row.
+        row_of = {table.where(i): i for i in range(len(table))}
+        rows = [row_of[r["_where"]] for r in records]
+        return self.to_dataset(records), group_values(table, rows, columns)
+
+    def evaluate_rows(
+        self, model: Any, tokenizer: Any, dataset: Any, batch_size: int
+    ) -> tuple[EvalResult, list[str], list[str]]:
+        if self.multi_label:
+            raise LmtuneError(
+                "group metrics need single-label classification; this run is multi-label",
+                hint="evaluate without --group-column",
+            )
+        gold, logits = self._gold_and_logits(model, tokenizer, dataset, batch_size)
+        probs = self._probabilities(logits)
+        labels = self.labels or []
+        named = [labels[int(g)] for g in gold], [labels[int(p)] for p in probs.argmax(axis=-1)]
+        return self.scores(gold, probs), *named
 
     def predict(self, model: Any, tokenizer: Any, inputs: Rows, batch_size: int, options: Any = None) -> Rows:
         if not inputs:
@@ -479,6 +580,73 @@ class ClassificationTask(Task):
             results.append(out)
         return results
 
+    # ---- explanations ---------------------------------------------------------------------------
+    def attribution_row(
+        self, model: Any, tokenizer: Any, item: dict[str, Any], target: str | None, options: Any
+    ) -> Any:
+        """The text (and pair) as one row. Targets: `target`, else the predicted class (multi-label:
+        each predicted label), as its probability: the scores sum to how far the tokens moved it."""
+        from lmtune.evaluation.explain import (
+            AttributionTarget,
+            ExplainRow,
+            special_positions,
+            words_of_encoding,
+        )
+
+        labels = self.labels or []
+        if target is not None and target not in labels:
+            raise LmtuneError(
+                f"unknown --target label '{target}'", hint=f"labels of this run: {', '.join(labels)}"
+            )
+        prediction = self.predict(model, tokenizer, [item], 1)[0]
+        pair = item.get("text_pair") or None
+        max_length = self.cfg.data.max_length
+        enc = tokenizer(
+            [item["text"]],
+            [pair] if pair else None,
+            truncation=True,
+            max_length=max_length,
+            return_offsets_mapping=True,
+        )
+        ids = enc["input_ids"][0]
+        if target is not None:
+            names = [target]
+        elif self.multi_label:
+            # Nothing above the threshold: explain the most likely label instead of nothing.
+            names = prediction["labels"] or [max(prediction["scores"], key=prediction["scores"].get)]
+        else:
+            names = [prediction["label"]]
+        # Encoders read the first token ([CLS]); decoder classifiers the last.
+        focus = [0] if ids[0] == tokenizer.cls_token_id else [len(ids) - 1]
+        targets = [
+            AttributionTarget(
+                name, "probability", self._probability_of(labels.index(name)), focus, erasable=True
+            )
+            for name in names
+        ]
+        fields = [("text", item["text"]), *([("text_pair", pair)] if pair else [])]
+        return ExplainRow(
+            item=item,
+            prediction=prediction,
+            features={k: enc[k][0] for k in enc if k != "offset_mapping"},
+            tokens=tokenizer.convert_ids_to_tokens(ids),
+            words=words_of_encoding(enc, 0, fields),
+            fixed=special_positions(tokenizer, ids),
+            targets=targets,
+            note=f"truncated to data.max_length={max_length} tokens" if len(ids) >= max_length else None,
+        )
+
+    def _probability_of(self, index: int) -> Any:
+        """The probability of class `index` as `predict` gives it (a fitted temperature applied)."""
+        multi_label = self.multi_label
+        temperature = getattr(self, "temperature", None) or 1.0
+
+        def value(output: Any) -> torch.Tensor:
+            logits = output.logits.float() / temperature
+            return (torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1))[:, index]
+
+        return value
+
     # ---- report -----------------------------------------------------------------------------
     def report_sections(self, results: dict[str, EvalResult], run_dir: Path) -> list[str]:
         from lmtune.evaluation.plots import confusion_matrix_png
@@ -497,6 +665,10 @@ class ClassificationTask(Task):
                 )
                 lines.append(f"![confusion matrix ({split})]({name})\n")
                 lines.extend(_top_confusions(matrix, self.labels or []))
+        if "test" in results:
+            from lmtune.evaluation.calibration import calibration_section
+
+            lines += calibration_section(results["test"], self.calibration_record, run_dir, "test")
         return lines
 
 

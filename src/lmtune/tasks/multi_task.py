@@ -124,6 +124,9 @@ def _check_spec(name: str, spec: Any) -> dict[str, Any]:
             valid = sorted(set(task_cls.Options.model_fields) | data_keys)
             raise ValueError(f"{where}: unknown key '{key}' (valid: type, {', '.join(valid)})") from None
         raise ValueError(f"{where}: invalid '{key}': {err['msg']}") from None
+    if options.get("calibration", "none") != "none":
+        # The multi-task model runs no sub-task's post-training fit, so the option would be ignored.
+        raise ValueError(f"{where}: calibration is not fitted inside multi-task; train the task on its own")
     return {"type": kind, **data, **options}
 
 

@@ -96,6 +96,7 @@ class QuestionAnsweringTask(Task):
     head_names: ClassVar[tuple[str, ...]] = ("qa_outputs",)
     peft_head_names: ClassVar[tuple[str, ...]] = ("qa_outputs",)
     default_metric: ClassVar[str] = "f1"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"token-attributions"})
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
@@ -450,6 +451,58 @@ class QuestionAnsweringTask(Task):
         found = self._answers_for(model, tokenizer, questions, contexts, batch_size)
         return [{"question": q, **f} for q, f in zip(questions, found, strict=True)]
 
+    # ---- explanations ---------------------------------------------------------------------------
+    def attribution_row(
+        self, model: Any, tokenizer: Any, item: dict[str, Any], target: str | None, options: Any
+    ) -> Any:
+        """The question and the context's first window as one row. Targets: the start logit and
+        the end logit of the best span in that window, attributed apart (`target`: start or end)."""
+        from lmtune.evaluation.explain import (
+            AttributionTarget,
+            ExplainRow,
+            special_positions,
+            words_of_encoding,
+        )
+        from lmtune.tasks.base import model_device
+
+        if target not in (None, "start", "end"):
+            raise LmtuneError(f"unknown --target '{target}' for question answering", hint="use start or end")
+        self.check_input(0, item)
+        question, context = str(item["question"]).strip(), str(item["context"])
+        max_length = self.cfg.data.max_length
+        enc = tokenizer(
+            [question],
+            [context],
+            truncation="only_second",
+            max_length=max_length,
+            return_offsets_mapping=True,
+        )
+        features = {key: enc[key][0] for key in enc if key != "offset_mapping"}
+        offsets = enc["offset_mapping"][0]
+        inside = [p for p, sequence in enumerate(enc.sequence_ids(0)) if sequence == 1]
+        model.eval()
+        with torch.no_grad():
+            out = model(**{key: torch.tensor([v], device=model_device(model)) for key, v in features.items()})
+        span = _best_span(out.start_logits[0].float(), out.end_logits[0].float(), inside, self.options)
+        prediction = self.predict(model, tokenizer, [item], 1)[0]
+        targets = []
+        if span is not None:
+            prediction["explained_span"] = context[offsets[span[0]][0] : offsets[span[1]][1]]
+            for name, position in zip(("start", "end"), span, strict=True):
+                if target in (None, name):
+                    targets.append(AttributionTarget(name, "logit", _span_logit(name, position), [position]))
+        cut = bool(inside) and offsets[inside[-1]][1] < len(context.rstrip())
+        return ExplainRow(
+            item=item,
+            prediction=prediction,
+            features=features,
+            tokens=tokenizer.convert_ids_to_tokens(features["input_ids"]),
+            words=words_of_encoding(enc, 0, [("question", question), ("context", context)]),
+            fixed=special_positions(tokenizer, features["input_ids"]),
+            targets=targets,
+            note="explained the context's first window (data.max_length)" if cut else None,
+        )
+
     # ---- report ---------------------------------------------------------------------------------
     def report_sections(self, results: dict[str, EvalResult], run_dir: Path) -> list[str]:
         from lmtune.evaluation.report import markdown_table, section
@@ -568,6 +621,30 @@ def _answers(dataset: Any) -> list[list[tuple[str, int]]]:
         list(zip(t, s, strict=True))
         for t, s in zip(dataset["answer_text"], dataset["answer_start"], strict=True)
     ]
+
+
+def _best_span(
+    starts: torch.Tensor, ends: torch.Tensor, inside: list[int], options: QuestionAnsweringOptions
+) -> tuple[int, int] | None:
+    """The (start, end) context positions of one window with the largest start + end logit."""
+    if not inside:
+        return None
+    index = torch.tensor(inside, device=starts.device)
+    scores = starts[index][:, None] + ends[index][None, :]
+    offset = torch.arange(len(inside), device=starts.device)
+    length = offset[None, :] - offset[:, None]
+    scores = scores.masked_fill((length < 0) | (length >= options.max_answer_length), float("-inf"))
+    a, b = divmod(int(scores.argmax()), len(inside))
+    return inside[a], inside[b]
+
+
+def _span_logit(which: str, position: int) -> Any:
+    """The explained value of a span's start or end: that position's start (end) logit."""
+
+    def value(output: Any) -> torch.Tensor:
+        return getattr(output, f"{which}_logits")[:, position].float()
+
+    return value
 
 
 def _softmax(scores: list[float]) -> list[float]:

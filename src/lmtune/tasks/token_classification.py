@@ -61,7 +61,7 @@ class TokenClassificationTask(Task):
     peft_head_names: ClassVar[tuple[str, ...]] = ("classifier", "score")
     default_metric: ClassVar[str] = "f1"
     capabilities: ClassVar[frozenset[str]] = frozenset(
-        {"multi-task-member", "token-level", "logit-distillation"}
+        {"multi-task-member", "token-level", "logit-distillation", "label-audit", "token-attributions"}
     )
 
     def __init__(self, cfg: Any) -> None:
@@ -161,6 +161,20 @@ class TokenClassificationTask(Task):
         if records and "tags" in records[0]:
             columns["tag_ids"] = [[index[t] for t in r["tags"]] for r in records]
         return Dataset.from_dict(columns)
+
+    def record_where(self, record: dict[str, Any]) -> str:
+        return record["_s"].where
+
+    def audit_labels(self, records: list[dict[str, Any]]) -> Any:
+        from lmtune.data.audit import TokenLabels
+
+        index = {label: i for i, label in enumerate(self.labels or [])}
+        return TokenLabels(
+            labels=list(self.labels or []),
+            tokens=[r["tokens"] for r in records],
+            tag_ids=[[index[t] for t in r["tags"]] for r in records],
+            where_token=lambda i, j: conll._where_token(records[i]["_s"], j),
+        )
 
     def read_inputs(self, path: str) -> list[dict[str, Any]]:
         """CoNLL or JSON(L) token lists -> {"tokens"}; a text file or CSV of raw texts -> {"text"}."""
@@ -403,6 +417,59 @@ class TokenClassificationTask(Task):
         if not isinstance(item.get("text"), str) and not isinstance(item.get("tokens"), list):
             raise LmtuneError(f"input {index + 1}: expected 'text' (a string) or 'tokens' (a list of words)")
 
+    # ---- explanations ---------------------------------------------------------------------------
+    def attribution_row(
+        self, model: Any, tokenizer: Any, item: dict[str, Any], target: str | None, options: Any
+    ) -> Any:
+        """The sentence (its first data.max_length tokens) as one row. Targets: each predicted
+        entity (`target`: those of that type), as the sum of its words' logits for their tags."""
+        from lmtune.evaluation.explain import AttributionTarget, ExplainRow, special_positions, words_of_split
+        from lmtune.tasks.base import model_device
+
+        labels = self.labels or []
+        types = sorted({label[2:] for label in labels if label != "O"})
+        if target is not None and target not in types:
+            raise LmtuneError(
+                f"unknown --target entity type '{target}'",
+                hint=f"entity types of this run: {', '.join(types)}",
+            )
+        self.check_input(0, item)
+        spans = None
+        if isinstance(item.get("tokens"), list):
+            words, field = [str(t) for t in item["tokens"]], "tokens"
+        else:
+            found = split_words(item["text"])
+            words, field, spans = [w for w, _, _ in found], "text", [(a, b) for _, a, b in found]
+        max_length = self.cfg.data.max_length
+        enc = tokenizer([words], is_split_into_words=True, truncation=True, max_length=max_length)
+        features = {key: enc[key][0] for key in enc}
+        model.eval()
+        with torch.no_grad():
+            batch = {key: torch.tensor([v], device=model_device(model)) for key, v in features.items()}
+            predicted = model(**batch).logits[0].argmax(-1).tolist()
+        firsts: dict[int, int] = {}  # word -> the position of its first token (which carries its tag)
+        for p, w in enumerate(enc.word_ids(0)):
+            if w is not None:
+                firsts.setdefault(w, p)
+        tags = [labels[predicted[firsts[w]]] if w in firsts else "O" for w in range(len(words))]
+        targets = []
+        for kind, a, b in conll.bio_spans(tags):
+            tagged = [(firsts[w], predicted[firsts[w]]) for w in range(a, b) if w in firsts]
+            if target in (None, kind) and tagged:
+                name = f"{kind}: {' '.join(words[a:b])}"
+                focus = [p for p, _ in tagged]
+                targets.append(AttributionTarget(name, "logit", _entity_logits(tagged), focus))
+        return ExplainRow(
+            item=item,
+            prediction=self.predict(model, tokenizer, [item], 1)[0],
+            features=features,
+            tokens=tokenizer.convert_ids_to_tokens(features["input_ids"]),
+            words=words_of_split(enc, 0, words, field, spans),
+            fixed=special_positions(tokenizer, features["input_ids"]),
+            targets=targets,
+            note="explained the first data.max_length tokens" if len(firsts) < len(words) else None,
+        )
+
     # ---- report ---------------------------------------------------------------------------------
     def report_sections(self, results: dict[str, EvalResult], run_dir: Path) -> list[str]:
         from lmtune.evaluation.report import per_label_table, section
@@ -419,6 +486,16 @@ class TokenClassificationTask(Task):
                 )
                 lines.append("")
         return lines
+
+
+def _entity_logits(tagged: list[tuple[int, int]]) -> Any:
+    """An entity's explained value: the sum, over its words' first tokens, of the tag's logit."""
+
+    def value(output: Any) -> torch.Tensor:
+        logits = output.logits.float()
+        return sum(logits[:, p, label] for p, label in tagged)
+
+    return value
 
 
 def _token_accuracy(gold: list[list[str]], pred: list[list[str]]) -> float:
