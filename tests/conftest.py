@@ -201,3 +201,22 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory, smollm_path: str) -> st
     LlamaForCausalLM(config).save_pretrained(directory)
     AutoTokenizer.from_pretrained(smollm_path).save_pretrained(directory)
     return str(directory)
+
+
+def run_cli(
+    args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str, str]:
+    """Run `lmtune ARGS` as the console script does (exit code, stdout, stderr): LmtuneError
+    becomes the one-line message and exit code 2, unlike typer's CliRunner."""
+    import sys
+
+    from lmtune import cli
+
+    monkeypatch.setattr(sys, "argv", ["lmtune", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0
+    out, err = capsys.readouterr()
+    return code, out, err

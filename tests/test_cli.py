@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
 from lmtune import cli
-
-
-def run_cli(
-    args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["lmtune", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 0
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.conftest import run_cli
 
 
 @pytest.mark.slow

@@ -4,15 +4,13 @@ columns row for row, and `lmtune eval --group-column` end to end."""
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
 from sklearn.metrics import f1_score
-from tests.conftest import separable_rows, write_csv
+from tests.conftest import run_cli, separable_rows, write_csv
 
-from lmtune import cli
 from lmtune.data.readers import Table
 from lmtune.errors import LmtuneError
 from lmtune.evaluation import fairness
@@ -91,17 +89,6 @@ def test_group_chart_is_written(tmp_path):
     report = fairness.group_metrics(GOLD, PRED, GROUP, ["a", "b"])
     fairness.groups_png({"region": report, "other": report}, tmp_path / "g.png")
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def run_cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["lmtune", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_eval_with_group_columns(calibrated_run, tmp_path, capsys, monkeypatch):

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
+from tests.conftest import run_cli
 
-from lmtune import cli
 from lmtune.errors import LmtuneError
 from lmtune.evaluation import probe
 
@@ -81,17 +80,6 @@ def test_gaps_name_the_two_rows_they_lie_between():
     assert pos["lowest"] == {"values": {"name": "Bo"}, "probability": 0.3}
     assert result["predicted_labels"] == {"pos": 2, "neg": 1}
     assert result["results"][1]["label"] == "neg"
-
-
-def run_cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["lmtune", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_probe_command(calibrated_run, tmp_path, capsys, monkeypatch):
