@@ -9,10 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import NEGATIVE, POSITIVE, SUBJECTS, fast_config, write_csv
-from typer.testing import CliRunner
+from tests.conftest import NEGATIVE, POSITIVE, SUBJECTS, fast_config, run_cli, write_csv
 
-from lmtune.cli import app
 from lmtune.config import RunConfig
 from lmtune.data.audit import AuditSettings, nearest_neighbours, read_files
 from lmtune.data.audit_report import record_lines, run_audit, write_rows
@@ -191,17 +189,19 @@ def test_train_with_data_audit_writes_its_report(
     assert run.metrics["data"]["audit"]["rows"]["train"] == 64
 
 
-def test_cli_audit_and_its_errors(planted: dict, tmp_path: Path, tiny_bert: str) -> None:
-    runner = CliRunner()
+def test_cli_audit_and_its_errors(planted: dict, tmp_path: Path, tiny_bert: str, capsys, monkeypatch) -> None:
     args = ["audit", "--model", tiny_bert, "--train", str(planted["train"]), "-o", str(tmp_path / "a")]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    assert "label" in result.output and (tmp_path / "a" / "audit.csv").exists()
-    missing = runner.invoke(app, ["audit", "--model", tiny_bert, "--train", str(tmp_path / "nope.csv")])
-    assert missing.exit_code != 0
-    assert "nope.csv" in str(missing.exception or missing.output)
-    same = runner.invoke(app, [*args, "--write-clean", str(planted["train"])])
-    assert isinstance(same.exception, LmtuneError) and "is the input file" in str(same.exception)
+    code, stdout, _ = run_cli(args, capsys, monkeypatch)
+    assert code == 0 and "label" in stdout and (tmp_path / "a" / "audit.csv").exists()
+    bad = [
+        (["audit", "--model", tiny_bert, "--train", str(tmp_path / "nope.csv")], "nope.csv"),
+        ([*args, "--write-clean", str(planted["train"])], "is the input file"),
+        (["audit", "--model", tiny_bert], "no training data given"),
+    ]
+    for argv, message in bad:
+        code, _, stderr = run_cli(argv, capsys, monkeypatch)
+        last = stderr.strip().splitlines()[-1]
+        assert code == 2 and message in last and last.startswith("error:"), stderr
 
 
 def test_tasks_without_label_audit_get_duplicates_and_leakage(tmp_path: Path, tiny_bert: str) -> None:
