@@ -24,17 +24,17 @@ def _check_members(runs: list[Any]) -> None:
             f"an ensemble ({run.directory})",
             hint="ensembles average class probabilities; give classification runs",
         )
+    from lmtune.run import first_mismatch
+
     for run in runs[1:]:
-        for what, mine, theirs in (
-            ("task", run.config.task.type, first.config.task.type),
-            ("labels", run.task.labels, first.task.labels),
-            ("multi_label", run.task.multi_label, first.task.multi_label),
-        ):
-            if mine != theirs:
-                raise LmtuneError(
-                    f"{run.directory} has {what} {mine!r}, but {first.directory} has {theirs!r}",
-                    hint="ensemble runs trained on the same task with the same labels in the same order",
-                )
+        # Members may differ in base model and method: they are averaged, not merged.
+        mismatch = first_mismatch(run.config, first.config, ("task", "labels", "multi_label"))
+        if mismatch is not None:
+            what, mine, theirs = mismatch
+            raise LmtuneError(
+                f"{run.directory} has {what} {mine!r}, but {first.directory} has {theirs!r}",
+                hint="ensemble runs trained on the same task with the same labels in the same order",
+            )
 
 
 def member_probabilities(run: Any, path: str) -> tuple[np.ndarray, np.ndarray]:

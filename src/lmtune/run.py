@@ -21,6 +21,7 @@ import resource
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -104,6 +105,27 @@ def write_state(out: Path, cfg: RunConfig, status: str, **extra: Any) -> None:
         state["lineage"] = parents  # the runs this one started from (chaining.py)
     state.update(extra)
     write_json(out / STATE_FILE, state)
+
+
+# What two runs must share to be combined (served side by side, merged, ensembled), as read from
+# their resolved configs.
+_SHARED_KEYS: dict[str, Any] = {
+    "base model": lambda c: (c.model.name, c.model.revision),
+    "task": lambda c: c.task.type,
+    "labels": lambda c: c.data.labels,
+    "multi_label": lambda c: getattr(c.task.options, "multi_label", None),
+    "method": lambda c: c.method.name,
+}
+
+
+def first_mismatch(a: RunConfig, b: RunConfig, keys: Sequence[str]) -> tuple[str, Any, Any] | None:
+    """The first of `keys` ("base model", "task", "labels", "multi_label", "method") on which two
+    runs' configs differ, as (key, a's value, b's value); None when they agree on all of them."""
+    for key in keys:
+        ours, theirs = _SHARED_KEYS[key](a), _SHARED_KEYS[key](b)
+        if ours != theirs:
+            return key, ours, theirs
+    return None
 
 
 def read_finished_config(run_dir: Path) -> RunConfig:

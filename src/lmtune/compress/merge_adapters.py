@@ -73,7 +73,7 @@ def _choices() -> str:
 
 def read_sources(spec: MergeSpec) -> list[Any]:
     """The runs' configs, refused unless all are finished LoRA runs of one base, task and labels."""
-    from lmtune.run import read_finished_config
+    from lmtune.run import first_mismatch, read_finished_config
 
     configs = [read_finished_config(path) for path in spec.runs]
     first = configs[0]
@@ -86,17 +86,13 @@ def read_sources(spec: MergeSpec) -> list[Any]:
                 "LoRA adapters only: not DoRA, IA3 or other types)",
                 hint="merge runs trained with method lora",
             )
-        for what, ours, theirs in (
-            ("base model", (first.model.name, first.model.revision), (cfg.model.name, cfg.model.revision)),
-            ("task", first.task.type, cfg.task.type),
-            ("labels", first.data.labels, cfg.data.labels),
-            ("method", first.method.name, cfg.method.name),
-        ):
-            if ours != theirs:
-                raise LmtuneError(
-                    f"{path}: its {what} is {theirs!r}, {spec.runs[0]}'s is {ours!r}",
-                    hint="merge runs fine-tuned from the same base model for the same task and labels",
-                )
+        mismatch = first_mismatch(first, cfg, ("base model", "task", "labels", "method"))
+        if mismatch is not None:
+            what, ours, theirs = mismatch
+            raise LmtuneError(
+                f"{path}: its {what} is {theirs!r}, {spec.runs[0]}'s is {ours!r}",
+                hint="merge runs fine-tuned from the same base model for the same task and labels",
+            )
     return configs
 
 

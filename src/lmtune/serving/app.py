@@ -181,22 +181,18 @@ class AdapterPool:
             raise LmtuneError(
                 f"adapter '{name}' is already loaded", hint="pick another name or remove it first"
             )
-        from lmtune.run import read_finished_config
+        from lmtune.run import first_mismatch, read_finished_config
 
         cfg = read_finished_config(Path(run_dir))
-        base = self.primary.config
-        for what, ours, theirs in (
-            ("base model", (base.model.name, base.model.revision), (cfg.model.name, cfg.model.revision)),
-            ("task", base.task.type, cfg.task.type),
-            ("labels", base.data.labels, cfg.data.labels),
-        ):
-            if ours != theirs:
-                raise LmtuneError(
-                    f"run {run_dir} cannot be served beside {self.primary.directory}: its {what} is "
-                    f"{theirs!r}, the served run's is {ours!r}",
-                    hint="serve runs fine-tuned from the same base model for the same task and labels "
-                    "(start another server for a different model)",
-                )
+        mismatch = first_mismatch(self.primary.config, cfg, ("base model", "task", "labels"))
+        if mismatch is not None:
+            what, ours, theirs = mismatch
+            raise LmtuneError(
+                f"run {run_dir} cannot be served beside {self.primary.directory}: its {what} is "
+                f"{theirs!r}, the served run's is {ours!r}",
+                hint="serve runs fine-tuned from the same base model for the same task and labels "
+                "(start another server for a different model)",
+            )
         return cfg
 
     def _shares_base(self, run_dir: Path, cfg: Any) -> bool:
