@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import free_port, percentile, start_server, wait_ready
+from serve_load import percentile, running_server
 
 PROMPTS = [
     "Give me one tip for sleeping better.",
@@ -135,11 +135,7 @@ def plain_rows(run_dir: Path, args: argparse.Namespace) -> list[tuple[str, int, 
     """One adapter: batching off and on (non-streamed), and streamed."""
     rows = []
     for batching in (False, True):
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        proc = start_server(run_dir, port, batching, 10.0)
-        try:
-            wait_ready(url, proc)
+        with running_server(run_dir, batching, 10.0) as url:
             asyncio.run(load(url, 2, 2, 4, False))  # warm-up
             modes = [("non-streamed", False)] + ([("streamed", True)] if batching else [])
             for mode, stream in modes:
@@ -148,9 +144,6 @@ def plain_rows(run_dir: Path, args: argparse.Namespace) -> list[tuple[str, int, 
                     label = mode if stream else f"{mode}, batching {'on' if batching else 'off'}"
                     rows.append((label, clients, result))
                     print(f"{label}, {clients} clients: {result['tokens_per_s']:.1f} tok/s", file=sys.stderr)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
     return rows
 
 
@@ -160,20 +153,13 @@ def mixed_rows(run_dir: Path, second: Path, args: argparse.Namespace) -> list[tu
     extra = ("--adapter", f"second={second}", "--adapter", "base=none")
     rows = []
     for mixed in (False, True):
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        proc = start_server(run_dir, port, True, 10.0, extra + (() if mixed else ("--no-mixed-batches",)))
-        try:
-            wait_ready(url, proc)
+        with running_server(run_dir, True, 10.0, extra + (() if mixed else ("--no-mixed-batches",))) as url:
             asyncio.run(load(url, 3, 3, 4, False, models))  # warm-up
             for clients in (int(c) for c in args.concurrency.split(",")):
                 result = asyncio.run(load(url, clients, args.requests, args.max_tokens, False, models))
                 label = "mixed in one batch" if mixed else "grouped per adapter"
                 rows.append((label, clients, result))
                 print(f"{label}, {clients} clients: {result['tokens_per_s']:.1f} tok/s", file=sys.stderr)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
     return rows
 
 

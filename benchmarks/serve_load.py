@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import os
 import re
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -66,6 +68,22 @@ def start_server(
     if not batching:
         args.append("--no-batching")
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@contextlib.contextmanager
+def running_server(
+    run_dir: Path, batching: bool, max_wait_ms: float, extra: tuple[str, ...] = ()
+) -> Iterator[str]:
+    """`lmtune serve` on a free loopback port, ready; yields its URL and stops it afterwards."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(run_dir, port, batching, max_wait_ms, extra)
+    try:
+        wait_ready(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -133,11 +151,7 @@ def main() -> int:
         texts = [row["text"] for row in csv.DictReader(fh)]
     rows = []
     for batching in (False, True):
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        proc = start_server(run_dir, port, batching, args.max_wait_ms)
-        try:
-            wait_ready(url, proc)
+        with running_server(run_dir, batching, args.max_wait_ms) as url:
             asyncio.run(load(url, texts, 4, 8))  # warm-up
             for clients in (int(c) for c in args.concurrency.split(",")):
                 before = batch_stats(url)
@@ -156,9 +170,6 @@ def main() -> int:
                     )
                 )
                 print(f"batching {rows[-1][0]}, {clients} clients: {rows[-1][3]:.1f} req/s", file=sys.stderr)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
     print(f"\n`lmtune serve` on {run_dir} (1 text per request, max-wait {args.max_wait_ms:g} ms)\n")
     print("| batching | clients | requests | req/s | p50 ms | p99 ms | mean items per forward |")
     print("|---|---:|---:|---:|---:|---:|---:|")
