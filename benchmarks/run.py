@@ -358,14 +358,53 @@ def gemm_peak_gflops(dtype_name: str = "float32", seconds: float = 2.0) -> float
     return 2 * 1024**3 * count / (time.perf_counter() - started) / 1e9
 
 
-def flops_per_token(result: dict[str, Any]) -> float:
-    """Forward 2N; backward 2N for activation gradients plus 2N for weight gradients when the body trains."""
-    params = result["params"]
-    full = result["trainable"] > 0.5 * params
-    return (6 if full else 4) * params
+def variant_work(
+    suite: dict, variant: str, result: dict[str, Any], shapes: dict[str, Any], label_share: float
+) -> Any:
+    """What the variant must compute per real token (`flops.Work`): the numerator of its MFU."""
+    from flops import Work
+
+    kind, method = suite["kind"], suite["method"]
+    shape = shapes["sft" if kind == "sft" else "minilm"]
+    layers = shape.layers
+    tokens = result["real_tokens"] / max(result["samples"], 1)
+    head = {"lm_head_share": label_share} if kind == "sft" else {}
+    if kind == "ner":
+        head["token_head_outputs"] = 9  # CoNLL-2003's BIO tags
+    if method == "full":
+        return Work(shape, tokens, backward_blocks=layers, weight_grad_blocks=layers, **head)
+    if method == "lora":
+        kv = shape.hidden * shape.kv_heads // shape.heads
+        # LoRA on the query and value projections of every block (r x (in + out) each).
+        adapters = layers * LORA["r"] * ((shape.hidden + shape.hidden) + (shape.hidden + kv))
+        return Work(
+            shape, tokens, backward_blocks=layers, weight_grad_blocks=0, adapter_params=adapters, **head
+        )
+    trainable = suite["trainable_layers"]
+    cached = variant == "lmtune"  # lmtune-nocache runs every frozen block forward every epoch
+    forward = (
+        trainable + (layers - trainable) / 3 if cached else None
+    )  # 3 epochs: one forward of the frozen blocks
+    return Work(
+        shape, tokens, backward_blocks=trainable, weight_grad_blocks=trainable, forward_blocks=forward, **head
+    )
 
 
-def summarise(results: list[dict[str, Any]], peak: float) -> dict[str, Any]:
+def variant_precision(suite: dict, variant: str) -> str:
+    """The dtype the variant's matrix products run in (its MFU's peak): lmtune's `precision: auto`
+    is bf16 autocast for decoders on CPUs with native bf16, fp32 otherwise."""
+    from lmtune.tasks.base import cpu_has_native_bf16
+
+    if variant == "lmtune-bf16" or (variant == "lmtune" and suite["kind"] == "sft" and cpu_has_native_bf16()):
+        return "bf16"
+    return "fp32"
+
+
+def summarise(
+    results: list[dict[str, Any]], works: list[Any], precision: str, peaks: dict[str, float]
+) -> dict[str, Any]:
+    from flops import mfu
+
     def stats(values: list[float]) -> dict[str, float]:
         return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -375,11 +414,42 @@ def summarise(results: list[dict[str, Any]], peak: float) -> dict[str, Any]:
         "padded_tokens_per_s": stats([r["padded_tokens"] / r["runtime_s"] for r in results]),
         "peak_rss_mb": stats([r["peak_rss_mb"] for r in results]),
         "mfu": stats(
-            [flops_per_token(r) * r["real_tokens"] / r["runtime_s"] / (peak * 1e9) for r in results]
+            [
+                mfu(w, r["real_tokens"] / r["runtime_s"], precision, peaks)
+                for r, w in zip(results, works, strict=True)
+            ]
         ),
+        "precision": precision,
+        "flops_per_token": works[0].flops_per_token(),
         "accuracy": stats([r["accuracy"] for r in results]),
         "trainable": results[0]["trainable"],
     }
+
+
+def summarise_all(
+    raw: dict[str, dict[str, list[dict[str, Any]]]],
+    variants: dict[str, list[str]],
+    peaks: dict[str, float],
+    sft_train: Path,
+) -> dict[str, dict[str, Any]]:
+    import suites as task_suites
+    from flops import Shape
+
+    shapes = {"minilm": Shape.of_model(minilm()), "sft": Shape.of_model(task_suites._smollm())}
+    label_share = task_suites.sft_label_share(sft_train) if "sft-lora" in raw else 0.0
+    summary: dict[str, dict[str, Any]] = {}
+    for name, by_variant in raw.items():
+        suite = SUITES[name]
+        summary[name] = {
+            v: summarise(
+                by_variant[v],
+                [variant_work(suite, v, r, shapes, label_share) for r in by_variant[v]],
+                variant_precision(suite, v),
+                peaks,
+            )
+            for v in variants[name]
+        }
+    return summary
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -471,14 +541,17 @@ def main() -> int:
                     flush=True,
                 )
 
-    summary = {s: {v: summarise(raw[s][v], peak32) for v in suite_variants[s]} for s in suites}
+    summary = summarise_all(raw, suite_variants, {"fp32": peak32, "bf16": peak16}, data["sft"]["train"])
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
     lines = [
         f"# lmtune benchmark ({datetime.now(timezone.utc):%Y-%m-%d}, {machine})",
         "",
         f"GEMM peak measured in this run: {peak32:.0f} GFLOP/s fp32, {peak16:.0f} GFLOP/s bf16. "
-        f"Up to {args.repeats} repeats per suite (median [min-max]); MFU counts real (non-pad) tokens "
-        "against the fp32 peak. cls: MiniLM-L6 on SST-2, batch 16, max_length 128, test accuracy. "
+        f"Up to {args.repeats} repeats per suite (median [min-max]); MFU: the FLOPs each variant must do "
+        "per real (non-pad) token (benchmarks/flops.py: block matmuls and attention, no weight gradients "
+        "for frozen weights, no forward for cached blocks) times real tokens/s, over the GEMM peak of the "
+        "dtype it computes in (bf16 for lmtune-bf16 and lmtune's SFT). "
+        "cls: MiniLM-L6 on SST-2, batch 16, max_length 128, test accuracy. "
         "ner: MiniLM-L6 LoRA on CoNLL-2003, batch 16, entity F1 on 500 test sentences. "
         "sft: SmolLM2-135M-Instruct LoRA on alpaca_en_demo, batch 4, max_length 512, eval loss on 40 "
         "held-out examples (lmtune packs, so its steps hold more examples). freeze-epochs: lmtune freeze "

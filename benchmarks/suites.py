@@ -319,6 +319,20 @@ def _encode_sft(tokenizer: Any, record: dict[str, str]) -> tuple[list[int], list
     return ids, labels
 
 
+def sft_label_share(train: Path) -> float:
+    """Share of the training tokens that carry a label (the response): the positions whose vocabulary
+    projection the loss needs, for the MFU count (`flops.Work.lm_head_share`)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(_smollm())
+    labelled = total = 0
+    for record in json.loads(train.read_text(encoding="utf-8")):
+        _, labels = _encode_sft(tokenizer, record)
+        labelled += sum(label != -100 for label in labels)
+        total += len(labels)
+    return labelled / max(total, 1)
+
+
 def run_sft(variant: str, suite: dict, files: dict[str, Path]) -> dict[str, Any]:
     import torch
     from transformers import AutoTokenizer
