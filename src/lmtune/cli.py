@@ -816,10 +816,11 @@ def models() -> None:
 
     table = RichTable(title="Packaged models")
     table.add_column("name", no_wrap=True, min_width=21)
-    for column in ("hub id", "kind", "status", "description"):
+    for column in ("hub id", "kind", "status", "description", "licence"):
         table.add_column(column)
     for row in list_models():
-        table.add_row(row["name"], row["hub_id"], row["architecture"], row["status"], row["description"])
+        cells = (row["hub_id"], row["architecture"], row["status"], row["description"], row["licence"])
+        table.add_row(row["name"], *cells)
     console.print(table)
     console.print("Any local model directory or Hugging Face Hub id also works (the hub needs network).")
 

