@@ -139,3 +139,60 @@ def test_tag_outside_the_scheme_names_its_line(tmp_path):
     with pytest.raises(LmtuneError, match=r"t.conll, line 5: tag 'M-X' does not belong to the BIO"):
         for s in sentences:
             conll.check_scheme(s, "bio")
+
+
+CLUENER = [
+    {
+        "text": "浙商银行企业信贷部叶老桂博士",
+        "label": {"name": {"叶老桂": [[9, 11]]}, "company": {"浙商银行": [[0, 3]]}},
+    },
+    {"text": "去 北京 玩", "label": {"address": {"北京": [[2, 3]]}}},
+    # Nested: BIO keeps the book title, the company inside it is dropped with a warning.
+    {
+        "text": "《招商银行年报》",
+        "label": {"book": {"《招商银行年报》": [[0, 7]]}, "company": {"招商银行": [[1, 4]]}},
+    },
+]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_cluener_spans_round_trip_to_bio_and_back(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "train.json", CLUENER)
+    sentences, tokens, tags = conll.read_sentences(path)
+    assert (tokens, tags) == ("text", "label")
+    first = sentences[0]
+    assert first.tokens == list("浙商银行企业信贷部叶老桂博士")
+    spans = {("".join(first.tokens[a:b]), kind) for kind, a, b in conll.bio_spans(first.tags)}
+    assert spans == {("浙商银行", "company"), ("叶老桂", "name")}
+    # Whitespace characters are not tokens; the entity keeps its characters.
+    assert sentences[1].tokens == list("去北京玩") and sentences[1].tags == [
+        "O",
+        "B-address",
+        "I-address",
+        "O",
+    ]
+    assert conll.bio_spans(sentences[2].tags) == [("book", 0, 8)]
+    assert "lies inside another entity; dropped" in caplog.text and "line 3" in caplog.text
+    # The columns a run records (text, label) read the same file the same way.
+    again, _, _ = conll.read_sentences(path, token_column="text", tag_column="label")
+    assert [s.tags for s in again] == [s.tags for s in sentences]
+
+
+@pytest.mark.parametrize(
+    ("label", "message"),
+    [
+        ({"name": {"叶老": [[9, 11]]}}, "span [9, 11] covers '叶老桂', not '叶老'"),
+        ({"name": {"叶老桂": [[9, 40]]}}, "span [9, 40] covers"),
+        ({"name": {"叶老桂": [9]}}, "expected [start, end]"),
+        ({"name": ["叶老桂"]}, "expected {entity: [[start, end], ...]}"),
+    ],
+)
+def test_cluener_bad_spans_name_the_line(tmp_path, label, message):
+    rows = [CLUENER[0], {"text": "浙商银行企业信贷部叶老桂博士", "label": label}]
+    with pytest.raises(LmtuneError, match="line 2") as info:
+        conll.read_sentences(write_jsonl(tmp_path / "bad.json", rows))
+    assert message in str(info.value)

@@ -324,6 +324,25 @@ def test_chinese_character_level_end_to_end(tiny_bert, tmp_path):
     assert all(out["text"][e["start"] : e["end"]] == e["text"] for e in out["entities"])
 
 
+def test_cluener_span_files_train_evaluate_and_predict(tiny_bert, tmp_path):
+    """CLUENER's JSON spans are read directly: training, and eval on a file of the same format."""
+    records = []
+    for i in range(24):
+        name, city = ["张三", "李四", "王五"][i % 3], ["北京", "上海"][i % 2]
+        text = f"{name}住在{city}"
+        records.append({"text": text, "label": {"name": {name: [[0, 1]]}, "address": {city: [[4, 5]]}}})
+    train = tmp_path / "train.json"
+    train.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    cfg = RunConfig.from_dict(
+        ner_config(tiny_bert, {"train": train}, tmp_path / "run", method="full", train={"epochs": 1})
+    )
+    run = lmtune.train(cfg)
+    assert run.config.data.labels == ["O", "B-address", "I-address", "B-name", "I-name"]
+    evaluated = lmtune.load_run(tmp_path / "run").evaluate(train)
+    assert 0.0 <= evaluated["f1"] <= 1.0
+    assert set(evaluated["details"]["per_type"]) == {"address", "name"}
+
+
 @pytest.mark.parametrize("method", METHODS.names())
 def test_every_method_trains_token_classification(tiny_bert, ner_files, tmp_path, method):
     cfg = RunConfig.from_dict(

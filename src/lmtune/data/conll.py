@@ -10,6 +10,7 @@ converted back for output. Every problem is an `LmtuneError` naming the file and
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from lmtune.errors import LmtuneError
 
 CONLL_EXTENSIONS = (".conll", ".bio", ".iob", ".bioes", ".bmes", ".conllu")
 SCHEMES = ("bio", "iob1", "bioes", "bilou", "bmes")
+log = logging.getLogger(__name__)
 TOKEN_COLUMNS = ("tokens", "words", "token", "chars", "characters")
 TAG_COLUMNS = ("tags", "ner_tags", "labels", "label", "ner", "tag")
 _TAG = re.compile(r"^([BIESLUM])[-_](.+)$")
@@ -279,6 +281,84 @@ def _as_string_tags(value: list[Any], where: str, labels: Sequence[str] | None) 
     return out
 
 
+# ---- character spans (CLUENER) -----------------------------------------------------------------------
+def is_span_table(table: Any) -> bool:
+    """CLUENER's format: a `text` string and a `label` object {type: {entity: [[start, end], ...]}}."""
+    first = next((row for row in table.rows if isinstance(row.get("text"), str)), None)
+    return first is not None and isinstance(first.get("label", {}), dict) and "tokens" not in first
+
+
+def span_sentence(row: dict[str, Any], where: str, need_tags: bool) -> Sentence | None:
+    """One CLUENER record as character tokens with BIO tags (whitespace characters dropped).
+
+    Spans are character offsets with the end inclusive; each must cover exactly its entity text
+    (an error naming the record otherwise). BIO holds one tag per character, so of nested spans
+    (1 record of CLUENER's 10,748) the longest is kept and the others dropped with a warning.
+    """
+    text = row.get("text")
+    if not isinstance(text, str):
+        raise LmtuneError(f"{where}, column 'text': expected a string, got {text!r:.60}")
+    kept = [i for i, ch in enumerate(text) if not ch.isspace()]
+    if not kept:
+        return None
+    spans = row.get("label") or {}
+    if need_tags and not isinstance(spans, dict):
+        raise LmtuneError(f"{where}, column 'label': expected {{type: {{entity: [[start, end]]}}}}")
+    found = [
+        _checked_span(text, str(kind), str(entity), place, where)
+        for kind, entities in (spans.items() if need_tags else ())
+        for entity, places in _entities(kind, entities, where)
+        for place in (
+            places if isinstance(places, list) and places and isinstance(places[0], list) else [places]
+        )
+    ]
+    tags = ["O"] * len(text)
+    for kind, start, end in sorted(found, key=lambda span: span[1] - span[2]):  # longest first
+        if any(tag != "O" for tag in tags[start : end + 1]):
+            log.warning(
+                "%s: '%s' at [%d, %d] lies inside another entity; dropped",
+                where,
+                text[start : end + 1],
+                start,
+                end,
+            )
+            continue
+        tags[start : end + 1] = [f"B-{kind}"] + [f"I-{kind}"] * (end - start)
+    return Sentence([text[i] for i in kept], [tags[i] for i in kept] if need_tags else None, where)
+
+
+def _entities(kind: Any, entities: Any, where: str) -> Any:
+    if not isinstance(entities, dict):
+        raise LmtuneError(f"{where}, label '{kind}': expected {{entity: [[start, end], ...]}}")
+    return entities.items()
+
+
+def _checked_span(text: str, kind: str, entity: str, place: Any, where: str) -> tuple[str, int, int]:
+    if not (isinstance(place, list) and len(place) == 2 and all(isinstance(v, int) for v in place)):
+        raise LmtuneError(
+            f"{where}, label '{kind}', entity '{entity}': expected [start, end], got {place!r:.40}"
+        )
+    start, end = place
+    if not 0 <= start <= end < len(text) or text[start : end + 1] != entity:
+        found = text[start : end + 1] if 0 <= start <= end else ""
+        raise LmtuneError(
+            f"{where}, label '{kind}': span [{start}, {end}] covers {found!r}, not '{entity}'",
+            hint="spans are character offsets into text, the end inclusive (CLUENER's format)",
+        )
+    return kind, start, end
+
+
+def span_records(table: Any, need_tags: bool) -> list[Sentence]:
+    sentences = []
+    for i, row in enumerate(table.rows):
+        sentence = span_sentence(row, table.where(i), need_tags)
+        if sentence is not None:
+            sentences.append(sentence)
+    if not sentences:
+        raise LmtuneError(f"{table.path}: every record has an empty text")
+    return sentences
+
+
 def read_records(
     path: str | Path,
     fmt: str,
@@ -287,8 +367,12 @@ def read_records(
     need_tags: bool = True,
     labels: Sequence[str] | None = None,
 ) -> tuple[list[Sentence], str, str | None]:
-    """Sentences of a JSON/JSONL/CSV table of token lists; returns them and the columns used."""
+    """Sentences of a JSON/JSONL/CSV table of token lists (or of CLUENER character spans);
+    returns them and the columns used."""
     table = read_table(path, fmt)
+    # A run trained on span files records the columns it found (text, label): the same files again.
+    if token_column in (None, "text") and tag_column in (None, "label") and is_span_table(table):
+        return span_records(table, need_tags), "text", "label" if need_tags else None
     tok_col = checks.find_column(table, token_column, TOKEN_COLUMNS, "tokens", "data.text_column")
     tag_col = None
     if need_tags:
