@@ -57,3 +57,13 @@ def test_generation_metrics_score_exact_rouge_and_bleu():
     assert half["gen_exact_match"] == 0.5 and 0 < half["gen_rougeL"] < 100 and half["gen_bleu"] < 100
     assert generation_metrics([], []) == {}
     assert normalise_answer("  Hello\n World ") == "hello world"
+
+
+def test_generation_metrics_of_chinese_are_on_characters():
+    """LCSTS-style summaries: no spaces between words, so word-level ROUGE would score 0."""
+    refs = ["今天天气很好", "我们去北京"]
+    scores = generation_metrics(["今天天气不错", "我们去北京"], refs)
+    assert {"gen_rouge1", "gen_rouge2", "gen_rougeL", "gen_bleu", "gen_chrf"} <= set(scores)
+    # Characters: 4 of 6 shared in the first pair (ROUGE-1 F 2/3), all in the second.
+    assert scores["gen_rouge1"] == pytest.approx(100 * (2 / 3 + 1) / 2, abs=0.01)
+    assert 0 < scores["gen_rouge2"] < scores["gen_rouge1"] and scores["gen_chrf"] > 0

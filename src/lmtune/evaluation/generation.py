@@ -72,16 +72,20 @@ def normalise_answer(text: str) -> str:
 
 
 def generation_metrics(hypotheses: list[str], references: list[str]) -> dict[str, float | int]:
-    """Exact match (share, 0-1), ROUGE-L and BLEU (0-100) of generations, one reference each."""
+    """Exact match (share, 0-1), ROUGE-1/2/L, BLEU and chrF (0-100) of generations, one reference
+    each; Chinese and Japanese on characters (summaries such as LCSTS, en->zh translation)."""
     if not hypotheses:
         return {}
     pairs = zip(hypotheses, references, strict=True)
     exact = sum(normalise_answer(h) == normalise_answer(r) for h, r in pairs)
+    rouge = rouge_scores(hypotheses, references)
+    bleu = bleu_scores(hypotheses, references, bleu_tokenizer_for(references), False)
     return {
         "gen_exact_match": round(exact / len(hypotheses), 4),
-        "gen_rougeL": round(rouge_scores(hypotheses, references)["rougeL"], 4),
-        "gen_bleu": round(
-            bleu_scores(hypotheses, references, bleu_tokenizer_for(references), False)["bleu"], 4
-        ),
+        "gen_rouge1": round(rouge["rouge1"], 4),
+        "gen_rouge2": round(rouge["rouge2"], 4),
+        "gen_rougeL": round(rouge["rougeL"], 4),
+        "gen_bleu": round(bleu["bleu"], 4),
+        "gen_chrf": round(bleu["chrf"], 4),
         "gen_samples": len(hypotheses),
     }

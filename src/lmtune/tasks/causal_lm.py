@@ -29,7 +29,7 @@ so no example predicts the next one's first token.
 Evaluation is the token-weighted mean cross-entropy over answer tokens (`eval_loss`) and its
 exponential (`perplexity`), reduced per batch; logits are never accumulated. Chats that end in
 an answer are also generated from greedily, for the first `task.generation_eval_samples` of a
-split, and scored against that answer (`gen_exact_match`, `gen_rougeL`, `gen_bleu`); the
+split, and scored against that answer (`gen_exact_match`, `gen_rouge1/2/L`, `gen_bleu`, `gen_chrf`); the
 untuned model is scored the same way on test, and report.md shows its samples beside the
 tuned model's.
 """
