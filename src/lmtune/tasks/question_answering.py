@@ -259,13 +259,19 @@ class QuestionAnsweringTask(Task):
 
     # ---- model ---------------------------------------------------------------------------------
     def build_model(self, path: str, *, fresh_head: bool) -> Any:
-        from transformers import AutoConfig, AutoModelForQuestionAnswering
+        from transformers import AutoConfig
+
+        from lmtune.tasks.backbone_heads import load_head_model
 
         trust = self.cfg.model.trust_remote_code
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
         apply_dropout(config, self.cfg.train.dropout)
+        if getattr(config, "pad_token_id", None) is None:  # decoders: windows are padded
+            config.pad_token_id = config.eos_token_id if isinstance(config.eos_token_id, int) else None
         try:
-            return AutoModelForQuestionAnswering.from_pretrained(path, config=config, trust_remote_code=trust)
+            # Architectures without a QA class in transformers (Gemma 3) get the generic head
+            # composed over their backbone (tasks/backbone_heads.py).
+            return load_head_model(path, config, "question-answering", trust)
         except ValueError as exc:
             raise LmtuneError(
                 f"model '{self.cfg.model.name}' has no question-answering head "

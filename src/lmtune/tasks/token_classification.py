@@ -202,12 +202,12 @@ class TokenClassificationTask(Task):
 
     # ---- model ---------------------------------------------------------------------------------
     def build_model(self, path: str, *, fresh_head: bool) -> Any:
-        from transformers import AutoModelForTokenClassification
+        from lmtune.tasks.backbone_heads import load_head_model
 
+        # Architectures without a token-classification class in transformers (Gemma 3) get the
+        # generic head composed over their backbone (tasks/backbone_heads.py).
         config = labelled_head_config(path, self.labels or [], self.cfg)
-        return AutoModelForTokenClassification.from_pretrained(
-            path, config=config, trust_remote_code=self.cfg.model.trust_remote_code
-        )
+        return load_head_model(path, config, "token-classification", self.cfg.model.trust_remote_code)
 
     def _windows(
         self, tokenizer: Any, sentences: Sequence[Sequence[str]], tag_ids: Sequence[Sequence[int]] | None
