@@ -126,12 +126,9 @@ def tiny_gemma(tmp_path_factory: pytest.TempPathFactory, gemma_path: str) -> str
     return str(directory)
 
 
-@pytest.mark.parametrize("method", ["full", "bitfit"])
-def test_composed_head_saves_and_reloads_as_a_whole_model(
-    tiny_gemma: str, tmp_path: Path, method: str
-) -> None:
+def test_composed_head_saves_and_reloads_as_a_whole_model(tiny_gemma: str, tmp_path: Path) -> None:
     files = {"train": cluener_file(tmp_path / "train.json", 16, 2)}
-    run = train(RunConfig.from_dict(quick(tiny_gemma, "ner", files, tmp_path / "run", method=method)))
+    run = train(RunConfig.from_dict(quick(tiny_gemma, "ner", files, tmp_path / "run", method="full")))
     saved = json.loads((run.directory / "model" / "config.json").read_text())
     assert saved["architectures"] == ["Gemma3TextForTokenClassification"]
     texts = [{"tokens": list("张三住在上海")}]
