@@ -67,3 +67,35 @@ def test_generation_metrics_of_chinese_are_on_characters():
     # Characters: 4 of 6 shared in the first pair (ROUGE-1 F 2/3), all in the second.
     assert scores["gen_rouge1"] == pytest.approx(100 * (2 / 3 + 1) / 2, abs=0.01)
     assert 0 < scores["gen_rouge2"] < scores["gen_rouge1"] and scores["gen_chrf"] > 0
+
+
+def test_generative_classification_scores_labels():
+    from lmtune.evaluation.generation import label_metrics
+
+    scores = label_metrics(
+        ["positive", "Negative ", "maybe", "positive"], ["positive", "negative", "negative", "negative"]
+    )
+    assert scores["gen_accuracy"] == 0.5
+    # Per label F1: positive 2*(1/2*1)/(1.5) = 2/3; negative P 1/1, R 1/3 -> 0.5; macro 0.5833.
+    assert scores["gen_f1_macro"] == pytest.approx((2 / 3 + 0.5) / 2, abs=1e-4)
+
+
+def test_generative_ner_parses_json_entities_and_scores_them():
+    from lmtune.evaluation.generation import entity_metrics, parse_entities
+
+    assert parse_entities('实体：{"name": ["叶老桂"], "company": ["浙商银行"]} 完') == {
+        ("name", "叶老桂"),
+        ("company", "浙商银行"),
+    }
+    assert parse_entities('[{"type": "PER", "text": "Ada"}]') == {("PER", "Ada")}
+    assert parse_entities("no entities here") is None and parse_entities("{broken") is None
+    refs = ['{"name": ["叶老桂"], "company": ["浙商银行"]}', '{"address": ["北京"]}']
+    hyps = ['{"name": ["叶老桂"], "company": ["招商银行"]}', "北京"]
+    scores = entity_metrics(hyps, refs)
+    # 1 of 2 predicted right; 1 of 3 gold found; the second answer is no JSON.
+    assert scores["gen_entity_precision"] == 0.5 and scores["gen_entity_recall"] == pytest.approx(
+        1 / 3, abs=1e-4
+    )
+    assert scores["gen_entity_f1"] == pytest.approx(0.4) and scores["gen_json_valid"] == 0.5
+    assert "gen_entity_f1" in generation_metrics(hyps, refs, "entities")
+    assert "gen_entity_f1" not in generation_metrics(hyps, refs)

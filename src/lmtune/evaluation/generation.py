@@ -71,9 +71,80 @@ def normalise_answer(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-def generation_metrics(hypotheses: list[str], references: list[str]) -> dict[str, float | int]:
+def label_metrics(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+    """Generative classification: the answer is the label. Accuracy and macro F1 over the labels
+    the references use; an answer that is no label counts as wrong (its own class)."""
+    from sklearn.metrics import f1_score
+
+    gold = [normalise_answer(r) for r in references]
+    predicted = [normalise_answer(h) for h in hypotheses]
+    labels = sorted(set(gold))
+    accuracy = sum(p == g for p, g in zip(predicted, gold, strict=True)) / len(gold)
+    macro = f1_score(gold, predicted, labels=labels, average="macro", zero_division=0)
+    return {"gen_accuracy": round(accuracy, 4), "gen_f1_macro": round(float(macro), 4)}
+
+
+_JSON_BLOCK = re.compile(r"\{.*\}|\[.*\]", re.S)
+
+
+def parse_entities(text: str) -> set[tuple[str, str]] | None:
+    """(type, entity text) pairs of a generated answer, or None when it holds no valid JSON.
+
+    Accepted: {"type": ["entity", ...]} (CLUENER-like, also {"type": {"entity": spans}}) or
+    [{"type": ..., "text": ...}, ...]; the first JSON object or list in the text is read.
+    """
+    import json
+
+    match = _JSON_BLOCK.search(text)
+    if match is None:
+        return None
+    try:
+        value = json.loads(match.group(0))
+    except json.JSONDecodeError:
+        return None
+    found: set[tuple[str, str]] = set()
+    if isinstance(value, dict):
+        for kind, entities in value.items():
+            items = entities if isinstance(entities, list | dict) else [entities]
+            found |= {(str(kind), str(e)) for e in items}
+    elif isinstance(value, list):
+        found |= {(str(e.get("type")), str(e.get("text"))) for e in value if isinstance(e, dict)}
+    return found
+
+
+def entity_metrics(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+    """Generative NER: micro precision, recall and F1 of (type, entity text) pairs, the entity-level
+    score seqeval gives when entities are matched by their text rather than their position;
+    an answer with no valid JSON predicts no entities (`gen_json_valid` counts them)."""
+    true_positive = predicted = gold = valid = 0
+    for hypothesis, reference in zip(hypotheses, references, strict=True):
+        expected = parse_entities(reference) or set()
+        got = parse_entities(hypothesis)
+        valid += got is not None
+        got = got or set()
+        true_positive += len(got & expected)
+        predicted += len(got)
+        gold += len(expected)
+    precision = true_positive / predicted if predicted else 0.0
+    recall = true_positive / gold if gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "gen_entity_precision": round(precision, 4),
+        "gen_entity_recall": round(recall, 4),
+        "gen_entity_f1": round(f1, 4),
+        "gen_json_valid": round(valid / len(hypotheses), 4),
+    }
+
+
+ANSWER_METRICS = {"label": label_metrics, "entities": entity_metrics}
+
+
+def generation_metrics(
+    hypotheses: list[str], references: list[str], answer_format: str = "text"
+) -> dict[str, float | int]:
     """Exact match (share, 0-1), ROUGE-1/2/L, BLEU and chrF (0-100) of generations, one reference
-    each; Chinese and Japanese on characters (summaries such as LCSTS, en->zh translation)."""
+    each; Chinese and Japanese on characters (summaries such as LCSTS, en->zh translation).
+    `answer_format` "label" adds accuracy and macro F1, "entities" entity-level P/R/F1."""
     if not hypotheses:
         return {}
     pairs = zip(hypotheses, references, strict=True)
@@ -88,4 +159,6 @@ def generation_metrics(hypotheses: list[str], references: list[str]) -> dict[str
         "gen_bleu": round(bleu["bleu"], 4),
         "gen_chrf": round(bleu["chrf"], 4),
         "gen_samples": len(hypotheses),
+        # Answers that are a label or entities as JSON are also scored as the task they formulate.
+        **(ANSWER_METRICS[answer_format](hypotheses, references) if answer_format in ANSWER_METRICS else {}),
     }

@@ -44,7 +44,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 from lmtune.data import checks
 from lmtune.data.preference import ROLES, SHAREGPT_ROLES, check_turn_fields, check_turn_order
@@ -100,6 +107,21 @@ class GenerationEvalOptions(BaseModel):
     sample_max_new_tokens: int = Field(
         default=64, ge=1, le=2048, description="Length limit of the scored and the shown generations."
     )
+    answer_format: Literal["text", "label", "entities"] = Field(
+        default="text",
+        description="What the reference answers are: free text; a class label (generative "
+        "classification: gen_accuracy, gen_f1_macro); or entities as JSON {type: [entity, ...]} "
+        "(generative NER: gen_entity_precision/recall/f1).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _drop_default_answer_format(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out at its default, so configs (and run fingerprints) from before the option are
+        # unchanged: task options are dumped whole into the config.
+        data = handler(self)
+        if data.get("answer_format") == "text":
+            data.pop("answer_format")
+        return data
 
 
 class CausalLmOptions(GenerationEvalOptions):
@@ -716,7 +738,7 @@ class CausalLmTask(Task):
         hypotheses = [out["generation"] for out in outputs]
         references = [reference for _, reference in pairs]
         n = opts.generation_eval_samples
-        scores = generation_metrics(hypotheses[:n], references[:n]) if n else {}
+        scores = generation_metrics(hypotheses[:n], references[:n], opts.answer_format) if n else {}
         samples = [
             {"prompt": out["prompt"], "reference": reference, "generation": out["generation"]}
             for out, reference in zip(outputs, references, strict=True)
