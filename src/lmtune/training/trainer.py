@@ -19,7 +19,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 
 from lmtune.config import RunConfig
 from lmtune.tasks.base import resolve_precision
-from lmtune.training import attention, distributed, fast_dropout
+from lmtune.training import attention, chunked_ce, distributed, fast_dropout
 from lmtune.training.optimizers import trainer_arguments as optimizer_arguments
 
 # The fused AdamW (one kernel over all parameters, CPU and GPU since torch 2.4) is Trainer's own
@@ -249,8 +249,14 @@ class LmtuneTrainer(Trainer):
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = targets != -100
         features = {key: value for key, value in inputs.items() if key != "labels"}
-        logits = model(**features, logits_to_keep=keep).logits.float()
-        loss = torch.nn.functional.cross_entropy(logits, targets[keep[:, :-1]], reduction="sum")
+        labelled = targets[keep[:, :-1]]
+        vocabulary = model.get_output_embeddings().weight.shape[0]
+        if chunked_ce.needs_chunks(labelled.numel(), vocabulary):
+            # Large vocabularies (Gemma 3: 262k): never all labelled positions' logits at once.
+            loss = chunked_ce.labelled_loss_sum(model, features, keep, labelled)
+        else:
+            logits = model(**features, logits_to_keep=keep).logits.float()
+            loss = torch.nn.functional.cross_entropy(logits, labelled, reduction="sum")
         # As transformers' ForCausalLMLoss: a sum over the accumulated batch's labelled tokens, or
         # a per-batch mean; and, like Trainer.compute_loss, undo DDP's averaging of the former.
         if num_items_in_batch is None:
