@@ -179,3 +179,19 @@ def test_each_micro_batch_gets_its_own_dropout_key(tmp_path):
     trainer.dropout_rng.start_step = lambda *key: (keys.append(key), start_step(*key))[1]
     trainer.train()
     assert keys == [(5, 0, 0, 0), (5, 0, 1, 0), (5, 1, 0, 0), (5, 1, 1, 0)]
+
+
+def test_padding_collators_batches_are_counted(tiny_bert, sentiment_files, tmp_path):
+    """DataCollatorWithPadding hands the step a BatchEncoding (a UserDict, not a dict): its tokens
+    count too, so classification runs report tokens/s and their padding."""
+    from tests.conftest import fast_config
+
+    import lmtune
+    from lmtune.config import RunConfig
+
+    raw = fast_config(
+        tiny_bert, sentiment_files, tmp_path / "run", train={"max_steps": 3, "eval_strategy": "no"}
+    )
+    t = lmtune.train(RunConfig.from_dict(raw)).metrics["train"]
+    assert 0 < t["tokens_per_second"] <= t["padded_tokens_per_second"]
+    assert 0 <= t["padding_ratio"] < 1

@@ -9,6 +9,7 @@ training and evaluation, and pad per batch.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -304,7 +305,8 @@ class LmtuneTrainer(Trainer):
 
     def training_step(self, model: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
         # TRL's GRPO hands the step a list of prompt rows, which it generates from: nothing to count.
-        if not isinstance(inputs, dict):
+        # (A Mapping, not a dict: the padding collators give a BatchEncoding, a UserDict.)
+        if not isinstance(inputs, Mapping):
             self._start_dropout_step()
             return super().training_step(model, inputs, *args, **kwargs)
         ids = inputs.get("input_ids")
