@@ -39,6 +39,7 @@ class Shape:
     vocab: int
     gated_mlp: bool
     causal: bool
+    head_dim: int | None = None  # None: hidden / heads (Gemma 3 sets its own: 4 heads of 256 on 640)
 
     @classmethod
     def of_model(cls, model_dir: str | Path) -> Shape:
@@ -52,16 +53,30 @@ class Shape:
             heads=heads,
             kv_heads=config.get("num_key_value_heads") or heads,
             vocab=config["vocab_size"],
-            gated_mlp=config.get("hidden_act", "gelu") in ("silu", "swiglu")
-            or "llama" in config.get("model_type", ""),
+            gated_mlp=_has_gate_projection(Path(model_dir)),
             causal=causal,
+            head_dim=config.get("head_dim"),
         )
 
     def block_weights(self) -> int:
         """Matmul weights of one block: what multiplies every token (biases and norms left out)."""
-        kv = self.hidden * self.kv_heads // self.heads
-        attention = 2 * self.hidden * self.hidden + 2 * self.hidden * kv
+        head = self.head_dim or self.hidden // self.heads
+        q, kv = self.heads * head, self.kv_heads * head
+        attention = 2 * self.hidden * q + 2 * self.hidden * kv  # Q and O, then K and V
         return attention + (3 if self.gated_mlp else 2) * self.hidden * self.intermediate
+
+
+def _has_gate_projection(model_dir: Path) -> bool:
+    """Gated MLPs (Llama, Gemma, Qwen: gate, up and down projections) have 3 matrices, not 2;
+    the checkpoint's weight names say which, whatever the activation is called."""
+    from safetensors import safe_open
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    for file in files[:1]:
+        with safe_open(str(file), "pt") as handle:
+            names = handle.keys()  # a safetensors handle is not iterable itself
+            return any("gate_proj" in key or "gate_up_proj" in key for key in names)
+    return False
 
 
 @dataclass(frozen=True)

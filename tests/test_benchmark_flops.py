@@ -25,6 +25,13 @@ def test_shape_of_the_packaged_models(minilm: Shape, smollm_path: str) -> None:
     assert smol.block_weights() == 2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536
 
 
+def test_gemma_heads_are_counted_at_their_own_width(gemma_path: str) -> None:
+    gemma = Shape.of_model(gemma_path)
+    assert (gemma.heads, gemma.kv_heads, gemma.head_dim, gemma.hidden) == (4, 1, 256, 640)
+    # Q and O: 640 x 1,024 each; K and V: 640 x 256 each; gated MLP 3 x 640 x 2,048.
+    assert gemma.block_weights() == 2 * 640 * 1024 + 2 * 640 * 256 + 3 * 640 * 2048
+
+
 def test_counts_by_hand(minilm: Shape) -> None:
     s, layers, w = 10.0, 6, minilm.block_weights()
     fwd = layers * (2 * w + 4 * s * 384)
