@@ -778,13 +778,19 @@ class Run:
 
         `options` are the task's prediction options, e.g. generation settings for generative tasks.
         """
+        inputs, opts = self._checked_inputs(texts, options)
+        return self.task.predict(self.model, self.tokenizer, inputs, batch_size or self.batch_size, opts)
+
+    def _checked_inputs(
+        self, texts: str | list[str] | list[dict[str, Any]], options: dict[str, Any] | None
+    ) -> tuple[list[dict[str, Any]], Any]:
+        """Input records (a bare text becomes {"text": ...}), each checked, and the task's options."""
         if isinstance(texts, str):
             texts = [texts]
         inputs = [t if isinstance(t, dict) else {"text": t} for t in texts]
         for i, item in enumerate(inputs):
             self.task.check_input(i, item)
-        opts = self.task.predict_options(options)
-        return self.task.predict(self.model, self.tokenizer, inputs, batch_size or self.batch_size, opts)
+        return inputs, self.task.predict_options(options)
 
     def predict_file(
         self, path: str | Path, batch_size: int | None = None, options: dict[str, Any] | None = None
@@ -809,12 +815,7 @@ class Run:
         from lmtune.evaluation.explain import explain, require_explainable
 
         require_explainable(self.task)
-        if isinstance(texts, str):
-            texts = [texts]
-        inputs = [t if isinstance(t, dict) else {"text": t} for t in texts]
-        for i, item in enumerate(inputs):
-            self.task.check_input(i, item)
-        opts = self.task.predict_options(options)
+        inputs, opts = self._checked_inputs(texts, options)
         return explain(self.task, self.model, self.tokenizer, inputs, settings, opts)
 
 
