@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 from lmtune.capabilities import TASK_CAPABILITIES, Capable
 from lmtune.data.splits import Carving, SplitRecords, SplitSettings, split_records
@@ -39,6 +39,26 @@ Rows = list[dict[str, Any]]
 
 class NoTaskOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class VersionedOptions(BaseModel):
+    """Options whose keys added after runs existed are left out of the dump at their defaults.
+
+    Task options are dumped whole into config.yaml and the run fingerprint, so a new key with a
+    default would change every earlier run's fingerprint (and refuse its resume); a class names
+    such keys in `omitted_at_default`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    omitted_at_default: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_new_keys_at_default(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for key in self.omitted_at_default:
+            if key in data and data[key] == type(self).model_fields[key].default:
+                data.pop(key)
+        return data
 
 
 @dataclass

@@ -44,14 +44,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SerializerFunctionWrapHandler,
-    field_validator,
-    model_serializer,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lmtune.data import checks
 from lmtune.data.preference import ROLES, SHAREGPT_ROLES, check_turn_fields, check_turn_order
@@ -65,6 +58,7 @@ from lmtune.tasks.base import (
     PreparedData,
     Rows,
     Task,
+    VersionedOptions,
     inference_batches,
     model_device,
     records_dataset,
@@ -90,10 +84,10 @@ IGNORE = -100
 LOGITS_BUDGET_BYTES = 256 * 1024 * 1024
 
 
-class GenerationEvalOptions(BaseModel):
+class GenerationEvalOptions(VersionedOptions):
     """How a decoder run with reference answers scores its generations (SFT, preference)."""
 
-    model_config = ConfigDict(extra="forbid")
+    omitted_at_default: ClassVar[tuple[str, ...]] = ("answer_format",)
     generation_eval_samples: int = Field(
         default=32,
         ge=0,
@@ -113,15 +107,6 @@ class GenerationEvalOptions(BaseModel):
         "classification: gen_accuracy, gen_f1_macro); or entities as JSON {type: [entity, ...]} "
         "(generative NER: gen_entity_precision/recall/f1).",
     )
-
-    @model_serializer(mode="wrap")
-    def _drop_default_answer_format(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Left out at its default, so configs (and run fingerprints) from before the option are
-        # unchanged: task options are dumped whole into the config.
-        data = handler(self)
-        if data.get("answer_format") == "text":
-            data.pop("answer_format")
-        return data
 
 
 class CausalLmOptions(GenerationEvalOptions):

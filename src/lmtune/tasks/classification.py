@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 from lmtune.config import AugmentConfig
 from lmtune.data import checks
@@ -19,7 +19,7 @@ from lmtune.data.readers import Table, read_table
 from lmtune.data.splits import Carving, SplitRecords
 from lmtune.errors import LmtuneError
 from lmtune.evaluation.calibration import calibration_details, expected_calibration_error
-from lmtune.tasks.base import EvalResult, PreparedData, Rows, Task, inference_batches
+from lmtune.tasks.base import EvalResult, PreparedData, Rows, Task, VersionedOptions, inference_batches
 
 
 class ClassificationDataOptions(BaseModel):
@@ -39,8 +39,8 @@ class ClassificationDataOptions(BaseModel):
     )
 
 
-class ClassificationOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ClassificationOptions(VersionedOptions):
+    omitted_at_default: ClassVar[tuple[str, ...]] = ("calibration",)
     multi_label: bool | None = Field(
         default=None, description="Several labels per text; default: detected from the labels."
     )
@@ -50,15 +50,6 @@ class ClassificationOptions(BaseModel):
         description="temperature: after training, fit one temperature on the validation logits "
         "(lower NLL and ECE, same argmax); every probability (eval, predict, serve) applies it.",
     )
-
-    @model_serializer(mode="wrap")
-    def _drop_default_calibration(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Left out at its default, so configs (and run fingerprints) from before the option are
-        # unchanged: task options are dumped whole into the config.
-        data = handler(self)
-        if data.get("calibration") == "none":
-            data.pop("calibration")
-        return data
 
 
 def _as_list(label: str | list[str]) -> list[str]:
