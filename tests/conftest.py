@@ -71,6 +71,15 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
     return path
 
 
+def separable_splits(root: Path, train: int, validation: int, test: int) -> dict[str, Path]:
+    """train/validation/test CSVs of `separable_rows` (seeds 1, 2, 3) in `root`."""
+    sizes = {"train": train, "validation": validation, "test": test}
+    return {
+        split: write_csv(root / f"{split}.csv", separable_rows(n, seed))
+        for seed, (split, n) in enumerate(sizes.items(), start=1)
+    }
+
+
 @pytest.fixture
 def sentiment_files(tmp_path: Path) -> dict[str, Path]:
     """train/dev/test CSVs of a tiny separable sentiment task."""
@@ -228,3 +237,29 @@ def gemma_path() -> str:
     from lmtune.models import resolve_model
 
     return resolve_model("gemma-3-270m").path
+
+
+def save_tiny_gemma(
+    directory: Path, vocab_size: int, tokenizer_from: str | None = None, **config: object
+) -> str:
+    """A 2-layer, 32-wide Gemma 3 causal LM saved in `directory` (with the real Gemma tokenizer
+    when `tokenizer_from` names it): the Gemma code paths in seconds."""
+    import torch
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    settings = {
+        "vocab_size": vocab_size,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "max_position_embeddings": 256,
+        **config,
+    }
+    Gemma3ForCausalLM(Gemma3TextConfig(**settings)).save_pretrained(directory)
+    if tokenizer_from is not None:
+        AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(directory)
+    return str(directory)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import fast_config, run_cli, write_csv
+from tests.conftest import fast_config, run_cli, separable_splits
 
 
 @pytest.fixture(scope="module")
@@ -16,13 +16,9 @@ def explained_run(tiny_bert, tmp_path_factory) -> Path:
     """A tiny run that explains its test errors and measures faithfulness after training."""
     import lmtune
     from lmtune.config import RunConfig
-    from tests.conftest import separable_rows
 
     root = tmp_path_factory.mktemp("explained")
-    files = {
-        split: write_csv(root / f"{split}.csv", separable_rows(n, seed))
-        for split, n, seed in (("train", 32, 1), ("validation", 8, 2), ("test", 12, 3))
-    }
+    files = separable_splits(root, 32, 8, 12)
     cfg = fast_config(
         tiny_bert,
         files,

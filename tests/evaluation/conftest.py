@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.conftest import fast_config, separable_rows, write_csv
+from tests.conftest import fast_config, separable_splits
 
 
 @pytest.fixture(scope="session")
@@ -16,10 +16,7 @@ def calibrated_run(tiny_bert: str, tmp_path_factory: pytest.TempPathFactory) -> 
     from lmtune.config import RunConfig
 
     root = tmp_path_factory.mktemp("calibrated")
-    files = {
-        split: write_csv(root / f"{split}.csv", separable_rows(n, seed))
-        for split, n, seed in (("train", 48, 1), ("validation", 24, 2), ("test", 16, 3))
-    }
+    files = separable_splits(root, 48, 24, 16)
     cfg = fast_config(
         tiny_bert,
         files,

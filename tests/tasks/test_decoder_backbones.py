@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
-from tests.conftest import write_csv
+from tests.conftest import save_tiny_gemma, write_csv
 
 from lmtune.config import RunConfig
 from lmtune.run import Run, train
@@ -105,25 +105,7 @@ def test_gemma_qa_head_is_composed_trains_and_reloads_identically(gemma_path: st
 @pytest.fixture(scope="module")
 def tiny_gemma(tmp_path_factory: pytest.TempPathFactory, gemma_path: str) -> str:
     """A 2-layer Gemma 3 with the real tokenizer: the composed heads' save/load paths, in seconds."""
-    import torch
-    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("tiny-gemma")
-    config = Gemma3TextConfig(
-        vocab_size=262144,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=256,
-        layer_types=None,
-    )
-    Gemma3ForCausalLM(config).save_pretrained(directory)
-    AutoTokenizer.from_pretrained(gemma_path).save_pretrained(directory)
-    return str(directory)
+    return save_tiny_gemma(tmp_path_factory.mktemp("tiny-gemma"), 262144, gemma_path, layer_types=None)
 
 
 def test_composed_head_saves_and_reloads_as_a_whole_model(tiny_gemma: str, tmp_path: Path) -> None:

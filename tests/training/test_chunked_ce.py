@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import save_tiny_gemma
 
 from lmtune.training import chunked_ce
 
@@ -40,16 +41,8 @@ def test_chunks_only_above_the_threshold():
 
 @pytest.fixture(scope="module")
 def tiny_gemma_lm(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    torch.manual_seed(0)
-    config = Gemma3TextConfig(
-        vocab_size=4096, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, max_position_embeddings=128, final_logit_softcapping=30.0,
-    )  # fmt: skip
-    directory = tmp_path_factory.mktemp("tiny-gemma-lm")
-    Gemma3ForCausalLM(config).save_pretrained(directory)
-    return str(directory)
+    # Soft-capped final logits: the chunked loss must cap them as the model's forward does.
+    return save_tiny_gemma(tmp_path_factory.mktemp("tiny-gemma-lm"), 4096, final_logit_softcapping=30.0)
 
 
 def test_sft_training_is_the_same_with_chunks(tiny_llama, tmp_path, monkeypatch):
