@@ -619,10 +619,15 @@ def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
 
 def config_error(exc: ValidationError, source: str) -> LmtuneError:
     """Turn a pydantic error into one line naming the key, the problem and a fix."""
-    err = exc.errors()[0]
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return describe_error(exc.errors()[0], source, more)
+
+
+def describe_error(err: Any, source: str, more: str = "") -> LmtuneError:
+    """One of a ValidationError's `errors()` as the one-line LmtuneError the CLI prints (the
+    board shows each beside its field)."""
     loc = tuple(err.get("loc", ()))
     dotted = ".".join(str(p) for p in loc) or "(top level)"
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     if err["type"] == "extra_forbidden":
         candidates = _valid_keys(loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), candidates, n=1, cutoff=0.5)

@@ -4,9 +4,10 @@
 serving or export. The run directory is the unit users share:
 
     config.yaml      the resolved configuration (labels, columns, learning rate filled in)
-    run.json         status (running/complete) and the fingerprint of the config that made it
+    run.json         status (running/complete/failed/interrupted), the fingerprint of the config
     model/           adapter + head (peft) or full model, tokenizer, lmtune.json; safetensors
     metrics.json     validation/test metrics and training figures
+    predictions/     validation.jsonl, test.jsonl: one record per example (gold, predicted, ...)
     report.md        tables and plots;  README.md  the model card
     train_log.jsonl  one record per logging step;  tensorboard/  event files
     checkpoint-N/    Trainer checkpoints while training (removed at the end unless kept)
@@ -14,14 +15,17 @@ serving or export. The run directory is the unit users share:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import resource
 import shutil
+import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,6 +68,16 @@ def read_state(out: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return {"status": "corrupt"}
+
+
+def read_metrics(out: Path) -> dict[str, Any]:
+    """metrics.json of a run ({} while it trains, or if the file is damaged)."""
+    path = out / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
 
 
 def prepare_output_dir(cfg: RunConfig, overwrite: bool) -> str:
@@ -237,16 +251,35 @@ def train(
     prepared = prepare(plan)
     built = build_model(plan, prepared)
     claim_run_dir(plan, prepared)
-    fit = fit_model(plan, prepared, built, trainer_class, callbacks or [])
-    if not plan.main:
-        return None
-    fitted = fit_after_training(prepared, fit.model)
-    save_trained_model(plan.out, prepared, built.method, fit.model)
-    results = evaluate_splits(prepared, fit.model)
-    explained, explained_sections = explain_test_split(prepared, fit.model)
-    metrics = collect_metrics(prepared, built, fit, results, {**fitted, **explained})
-    write_artefacts(plan, prepared, built.method, metrics, results, explained_sections)
+    with _state_on_exit(plan):
+        fit = fit_model(plan, prepared, built, trainer_class, callbacks or [])
+        if not plan.main:
+            return None
+        fitted = fit_after_training(prepared, fit.model)
+        save_trained_model(plan.out, prepared, built.method, fit.model)
+        results = evaluate_splits(prepared, fit.model)
+        explained, explained_sections = explain_test_split(prepared, fit.model)
+        metrics = collect_metrics(prepared, built, fit, results, {**fitted, **explained})
+        write_artefacts(plan, prepared, built.method, metrics, results, explained_sections)
     return Run(plan.out, prepared.resolved, prepared.task, fit.model, prepared.tokenizer, metrics)
+
+
+@contextlib.contextmanager
+def _state_on_exit(plan: RunPlan) -> Iterator[None]:
+    """run.json says `interrupted` (Ctrl-C, SIGINT) or `failed` (with the error's first line) when
+    training stops early, so readers such as the board tell a dead run from a running one. Either
+    stays resumable: the next `lmtune train` with the same config resumes it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if plan.main:
+            write_state(plan.out, plan.cfg, "interrupted")
+        raise
+    except Exception as exc:
+        if plan.main:
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            write_state(plan.out, plan.cfg, "failed", error=f"{type(exc).__name__}: {first_line}")
+        raise
 
 
 def plan_run(cfg: RunConfig, overwrite: bool) -> RunPlan:
@@ -473,7 +506,8 @@ def claim_run_dir(plan: RunPlan, prepared: PreparedRun) -> None:
     if not plan.main:
         return
     plan.out.mkdir(parents=True, exist_ok=True)
-    write_state(plan.out, plan.cfg, "running")
+    # The process that trains, so a reader can tell a killed run (no such process) from a live one.
+    write_state(plan.out, plan.cfg, "running", pid=os.getpid(), host=socket.gethostname())
     write_text(plan.out / "config.yaml", prepared.resolved.to_yaml())
 
 
@@ -670,12 +704,16 @@ def write_artefacts(
     results: dict[str, EvalResult],
     extra_sections: list[str] | None = None,
 ) -> None:
-    """metrics.json, report.md, the model card; then mark the run complete and drop checkpoints.
-    `extra_sections` (explained errors) follow the task's and the audit's report sections."""
+    """metrics.json, predictions/SPLIT.jsonl (each split's per-example records), report.md, the
+    model card; then mark the run complete and drop checkpoints. `extra_sections` (explained
+    errors) follow the task's and the audit's report sections."""
+    from lmtune.evaluation.predictions import write_predictions
     from lmtune.evaluation.report import write_model_card, write_report
 
     out, resolved = plan.out, prepared.resolved
     write_json(out / "metrics.json", metrics)
+    for split, result in results.items():
+        write_predictions(out, split, result.records)
     sections = prepared.task.report_sections(results, out)
     if prepared.data.audit is not None:
         from lmtune.data.audit_report import audit_sections, write_findings_csv
@@ -760,9 +798,7 @@ class Run:
         model.to(device or default_device())
         model.eval()
         tokenizer = _load_tokenizer(str(model_dir), cfg)
-        metrics_path = directory / "metrics.json"
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
-        return cls(directory, cfg, task, model, tokenizer, metrics)
+        return cls(directory, cfg, task, model, tokenizer, read_metrics(directory))
 
     @property
     def batch_size(self) -> int:
@@ -800,9 +836,15 @@ class Run:
         return self.task.predict(self.model, self.tokenizer, inputs, batch_size or self.batch_size, opts)
 
     def evaluate(self, path: str | Path, batch_size: int | None = None) -> dict[str, Any]:
-        dataset = self.task.read_labelled(str(path))
-        result = self.task.evaluate(self.model, self.tokenizer, dataset, batch_size or self.batch_size)
+        """The task's metrics on a labelled file, with its `details` (per-class tables, ...)."""
+        result = self.evaluate_result(path, batch_size)
         return {**result.metrics, "details": result.details}
+
+    def evaluate_result(self, path: str | Path, batch_size: int | None = None) -> EvalResult:
+        """`evaluate` as the task gives it: metrics, details and the per-example `records`
+        (what `lmtune eval --save-predictions` writes)."""
+        dataset = self.task.read_labelled(str(path))
+        return self.task.evaluate(self.model, self.tokenizer, dataset, batch_size or self.batch_size)
 
     def explain(
         self,

@@ -44,6 +44,30 @@ def test_multi_label_metrics_use_the_threshold():
     assert np.isclose(result.metrics["f1_micro"], 2 * 3 / (2 * 3 + 0 + 1))  # tp 3, fp 0, fn 1
 
 
+def test_prediction_records_name_labels_single_and_multi_label():
+    single = ClassificationTask(RunConfig.from_dict({"model": "x", "data": {"labels": ["a", "b"]}}))
+    single.pair_column = "text_pair"
+    dataset = single.to_dataset(
+        [{"text": "t0", "text_pair": "p0", "label": "a"}, {"text": "t1", "text_pair": "p1", "label": "b"}]
+    )
+    records = single.records(dataset, np.array([0, 1]), np.array([[0.9, 0.1], [0.7, 0.3]]))
+    assert records == [
+        {"row": 0, "text": "t0", "text_pair": "p0", "gold": "a", "predicted": "a", "confidence": 0.9}
+        | {"correct": True},
+        {"row": 1, "text": "t1", "text_pair": "p1", "gold": "b", "predicted": "a", "confidence": 0.7}
+        | {"correct": False},
+    ]
+    cfg = {"model": "x", "task": {"multi_label": True, "threshold": 0.7}, "data": {"labels": ["x", "y"]}}
+    multi = ClassificationTask(RunConfig.from_dict(cfg))
+    dataset = multi.to_dataset([{"text": "u", "label": ["x", "y"]}, {"text": "v", "label": ["y"]}])
+    gold = np.array(dataset["label_ids"])
+    records = multi.records(dataset, gold, np.array([[0.8, 0.6], [0.1, 0.75]]))
+    assert records == [
+        {"row": 0, "text": "u", "gold": ["x", "y"], "predicted": ["x"], "correct": False},
+        {"row": 1, "text": "v", "gold": ["y"], "predicted": ["y"], "correct": True},
+    ]
+
+
 def test_multi_label_end_to_end(tiny_bert, tmp_path):
     rows = []
     for i in range(48):

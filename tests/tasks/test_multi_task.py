@@ -277,6 +277,13 @@ def test_tiny_run_validates_per_task_each_epoch_and_reloads(tiny_bert, mt_files,
     report = (run.directory / "report.md").read_text()
     assert "### sentiment (classification)" in report and "### entities (token-classification)" in report
     assert (run.directory / "confusion_matrix_sentiment-test.png").exists()
+    # predictions/test.jsonl: each sub-task's records, named by the sub-task.
+    lines = (run.directory / "predictions" / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]
+    for name in ("sentiment", "entities"):
+        rows = [r["row"] for r in records if r["task"] == name]
+        assert rows == list(range(metrics["test"][name]["n"]))
+    assert {r["task"] for r in records} == {"sentiment", "entities"}
 
     texts = ["the film was awful", "Alice works at Google in Paris ."]
     loaded = lmtune.load_run(run.directory)

@@ -268,6 +268,14 @@ def test_tiny_bert_run_reload_gives_identical_answers(tiny_bert, tmp_path):
     loaded = lmtune.load_run(tmp_path / "run")
     assert loaded.predict(inputs) == [first]
     assert loaded.evaluate(files["test"])["f1"] == pytest.approx(run.metrics["test"]["f1"])
+    # predictions/test.jsonl: one record per question, whose scores average to the metrics.
+    lines = (tmp_path / "run" / "predictions" / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 6 and [r["row"] for r in records] == list(range(6))
+    assert {"question", "context", "gold", "predicted", "exact", "f1", "correct"} <= set(records[0])
+    assert sum(r["f1"] for r in records) / 6 == pytest.approx(run.metrics["test"]["f1"], abs=1e-3)
+    exact = sum(r["exact"] for r in records) / 6
+    assert 100 * exact == pytest.approx(run.metrics["test"]["exact_match"])
 
 
 @pytest.mark.slow

@@ -307,6 +307,31 @@ def test_end_to_end_tiny_model(tiny_bert, ner_files, tmp_path):
     assert np.isclose(evaluated["f1"], metrics["test"]["f1"])
 
 
+def test_predictions_jsonl_round_trips_gold_entities(tiny_bert, ner_files, tmp_path):
+    from lmtune.data.conll import bio_spans
+    from lmtune.evaluation.predictions import read_predictions
+
+    lmtune.train(RunConfig.from_dict(ner_config(tiny_bert, ner_files, tmp_path / "run")))
+    records, total = read_predictions(tmp_path / "run" / "predictions" / "test.jsonl")
+    rows = synthetic_ner(12, 3)  # what ner_files wrote to test.conll
+    assert total == len(records) == 12
+
+    def entities(tokens: list[str], tags: list[str]) -> list[dict]:
+        return [
+            {"type": kind, "start": a, "end": b, "text": " ".join(tokens[a:b])}
+            for kind, a, b in bio_spans(tags)
+        ]
+
+    predicted = lmtune.load_run(tmp_path / "run").predict([{"tokens": r["tokens"]} for r in rows])
+    for i, (record, row, prediction) in enumerate(zip(records, rows, predicted, strict=True)):
+        assert record["row"] == i and record["tokens"] == row["tokens"]
+        assert record["text"] == " ".join(row["tokens"])
+        assert record["gold"] == entities(row["tokens"], row["tags"]) and record["gold"]
+        assert record["predicted"] == entities(row["tokens"], prediction["tags"])
+        assert record["correct"] == (record["gold"] == record["predicted"])
+    assert len(read_predictions(tmp_path / "run" / "predictions" / "validation.jsonl")[0]) == 12
+
+
 def test_chinese_character_level_end_to_end(tiny_bert, tmp_path):
     rows = []
     for i in range(24):

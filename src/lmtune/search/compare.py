@@ -35,7 +35,7 @@ from lmtune.io import write_json, write_text
 LR_SPAN = 4.0
 
 
-def _dir_size_mb(path: Path) -> float:
+def dir_size_mb(path: Path) -> float:
     return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 3)
 
 
@@ -135,7 +135,7 @@ def _run_method(raw: dict[str, Any], method: str, out: Path, per_method_sweep: i
         runtime_s=t["runtime_s"],
         samples_per_second=t["samples_per_second"],
         peak_rss_mb=t["peak_rss_mb"],
-        size_on_disk_mb=_dir_size_mb(run_dir / "model"),
+        size_on_disk_mb=dir_size_mb(run_dir / "model"),
         learning_rate=resolved.train.learning_rate,
         converged=_converged(run_dir, metric, resolved.task.type),
     )
@@ -153,8 +153,7 @@ def _converged(run_dir: Path, metric: str, task_type: str) -> bool | None:
     values = [record[key] for record in map(json.loads, lines) if isinstance(record.get(key), int | float)]
     if len(values) < 2:
         return None
-    task = get_task_class(task_type)
-    greater = task.greater_is_better if metric == task.default_metric else not metric.endswith("loss")
+    greater = get_task_class(task_type).metric_direction(metric)[1]
     gain = (values[-1] - values[-2]) * (1 if greater else -1)
     tolerance = 0.005 if all(0 <= v <= 1 for v in values) else 0.005 * abs(values[-2])
     return gain <= tolerance

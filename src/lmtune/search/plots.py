@@ -19,6 +19,29 @@ def _save(fig: Any, path: Path) -> str:
     return str(path)
 
 
+def _completed_and_varying(study: Any) -> tuple[list[Any], list[str]]:
+    """The completed trials, and the parameters whose value differs between them (sorted)."""
+    completed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    names = {k for t in completed for k in t.params}
+    varying = sorted(k for k in names if len({str(t.params.get(k)) for t in completed}) > 1)
+    return completed, varying
+
+
+def param_importances(study: Any) -> dict[str, float]:
+    """fANOVA importance of each parameter that varied (what param_importances.png draws), for
+    sweep.json; {} with fewer than two completed trials or when every trial scored the same."""
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    completed, varying = _completed_and_varying(study)
+    if len(completed) < 2 or not varying:
+        return {}
+    try:
+        found = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0), params=varying)
+    except (RuntimeError, ValueError):
+        return {}
+    return {name: round(float(value), 6) for name, value in found.items()}
+
+
 def sweep_plots(study: Any, out: Path) -> dict[str, str]:
     """Optimisation history, parameter importance, parallel coordinates.
 
@@ -29,12 +52,7 @@ def sweep_plots(study: Any, out: Path) -> dict[str, str]:
     from optuna.visualization import matplotlib as ovm
 
     _pyplot()
-    completed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    varying = [
-        k
-        for k in {k for t in completed for k in t.params}
-        if len({str(t.params.get(k)) for t in completed}) > 1
-    ]
+    completed, varying = _completed_and_varying(study)
     plots: dict[str, str] = {}
     enough = len(completed) >= 2 and bool(varying)
     views = {

@@ -117,10 +117,7 @@ def objective_metric(cfg: RunConfig) -> tuple[str, bool]:
     """(metric, greater_is_better), decided as the Trainer decides them for the best checkpoint."""
     from lmtune.tasks import get_task_class
 
-    task_cls = get_task_class(cfg.task.type)
-    metric = cfg.train.metric_for_best_model or task_cls.default_metric
-    greater = task_cls.greater_is_better if metric == task_cls.default_metric else not metric.endswith("loss")
-    return metric, greater
+    return get_task_class(cfg.task.type).metric_direction(cfg.train.metric_for_best_model)
 
 
 # ---- pruning ------------------------------------------------------------------------------------
@@ -357,7 +354,7 @@ def sweep(
     """Run (or resume) the sweep described by `raw` (a run config with a `sweep:` section)."""
     import optuna
 
-    from lmtune.search.plots import sweep_plots
+    from lmtune.search.plots import param_importances, sweep_plots
 
     plan = plan_sweep(raw, output_dir, source)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -368,7 +365,7 @@ def sweep(
         run_trials(study, plan, n_jobs)
         plots = sweep_plots(study, plan.out)
         outcome = collect_outcome(study, plan, recovered, time.perf_counter() - started)
-        return write_artefacts(outcome, plan, plots)
+        return write_artefacts(outcome, plan, plots, param_importances(study))
 
 
 # ---- results -------------------------------------------------------------------------------------
@@ -480,7 +477,9 @@ def summary_markdown(outcome: SweepOutcome, plan: SweepPlan, plots: dict[str, st
     return "\n".join(lines) + "\n"
 
 
-def write_artefacts(outcome: SweepOutcome, plan: SweepPlan, plots: dict[str, str]) -> dict[str, Any]:
+def write_artefacts(
+    outcome: SweepOutcome, plan: SweepPlan, plots: dict[str, str], importances: dict[str, float] | None = None
+) -> dict[str, Any]:
     """summary.csv, summary.md, best.yaml and sweep.json; returns what sweep.json holds."""
     out = plan.out
     with open(out / "summary.csv", "w", newline="", encoding="utf-8") as fh:
@@ -496,6 +495,7 @@ def write_artefacts(outcome: SweepOutcome, plan: SweepPlan, plots: dict[str, str
         "trials": outcome.rows,
         "best": outcome.best,
         "plots": plots,
+        "importances": importances or {},
         "recovered_killed_trials": outcome.recovered,
         "seconds_this_invocation": round(outcome.seconds, 1),
     }

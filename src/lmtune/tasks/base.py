@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,10 +79,17 @@ class PreparedData:
 
 @dataclass
 class EvalResult:
-    """Scalar metrics for metrics.json plus details (per-class tables, matrices) for reports."""
+    """Scalar metrics for metrics.json plus details (per-class tables, matrices) for reports, and
+    `records`: one JSON-able dict per evaluated example, in dataset order, each with its `row`
+    (what `lmtune.evaluation.predictions` writes to predictions/SPLIT.jsonl, never metrics.json)."""
 
     metrics: dict[str, Any]
     details: dict[str, Any] = field(default_factory=dict)
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+# Metric names where lower is better (losses, calibration error, perplexity); the rest: higher.
+_LOWER_IS_BETTER = re.compile(r"(^|_)(loss|ece|perplexity|error)$")
 
 
 class Task(Capable):
@@ -102,6 +110,21 @@ class Task(Capable):
     peft_head_names: ClassVar[tuple[str, ...]] = ()
     default_metric: ClassVar[str] = "loss"
     greater_is_better: ClassVar[bool] = True
+    # How the board's playground draws a prediction (labels: probability bars, entities: marked
+    # spans, span: an answer in its context, generation: streamed text, text, score, record: the
+    # raw prediction) and the input fields it asks for.
+    prediction_view: ClassVar[str] = "record"
+    input_fields: ClassVar[tuple[str, ...]] = ("text",)
+
+    @classmethod
+    def metric_direction(cls, metric: str | None) -> tuple[str, bool]:
+        """(metric, greater_is_better) for `metric` (None: the task's default): the task's own
+        direction for its default metric; lower is better for losses, higher for the rest. The
+        best checkpoint, sweeps, comparisons and the board all rank by this one rule."""
+        metric = metric or cls.default_metric
+        if metric.removeprefix("eval_") == cls.default_metric.removeprefix("eval_"):
+            return metric, cls.greater_is_better
+        return metric, not _LOWER_IS_BETTER.search(metric)
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg

@@ -453,6 +453,7 @@ class CausalLmTask(Task):
     head_names: ClassVar[tuple[str, ...]] = ("norm", "ln_f", "final_layernorm", "norm_f")
     peft_head_names: ClassVar[tuple[str, ...]] = ()
     default_metric: ClassVar[str] = "eval_loss"
+    prediction_view: ClassVar[str] = "generation"
     # SmolLM2-135M LoRA SFT: 1.5x the tokens/s in bf16 autocast on an AMX CPU, same eval loss.
     capabilities: ClassVar[frozenset[str]] = frozenset(
         {
@@ -688,47 +689,55 @@ class CausalLmTask(Task):
 
     def evaluate(self, model: Any, tokenizer: Any, dataset: Any, batch_size: int) -> EvalResult:
         metrics = self.loss(model, tokenizer, dataset, batch_size)
-        scores, samples = self.generation_eval(model, tokenizer, dataset, batch_size)
-        return EvalResult(metrics={**metrics, **scores}, details={"samples": samples})
+        scores, records = self.generation_eval(model, tokenizer, dataset, batch_size)
+        details = {"samples": self.report_samples(records)}
+        return EvalResult(metrics={**metrics, **scores}, details=details, records=records)
 
     def baseline(self, model: Any, tokenizer: Any, splits: dict[str, Any], batch_size: int) -> dict[str, Any]:
         metrics = self.loss(model, tokenizer, splits["test"], batch_size)
-        scores, samples = self.generation_eval(model, tokenizer, splits["test"], batch_size)
+        scores, records = self.generation_eval(model, tokenizer, splits["test"], batch_size)
         loss = {"eval_loss": metrics["eval_loss"], "perplexity": metrics["perplexity"]}
-        return {**loss, **scores, "samples": samples}
+        return {**loss, **scores, "samples": self.report_samples(records)}
 
-    def reference_prompts(self, dataset: Any, limit: int) -> list[tuple[dict[str, Any], str]]:
-        """(prompt, reference answer) of the first `limit` chats that end in an answer."""
-        pairs: list[tuple[dict[str, Any], str]] = []
-        for record in dataset:
+    def reference_prompts(self, dataset: Any, limit: int) -> list[tuple[int, dict[str, Any], str]]:
+        """(row, prompt, reference answer) of the first `limit` chats that end in an answer."""
+        pairs: list[tuple[int, dict[str, Any], str]] = []
+        for row, record in enumerate(dataset):
             if len(pairs) >= limit:
                 break
             if record["text"] is None:
                 prompt, reference = prompt_and_reference(record["messages"])
                 if reference:
-                    pairs.append(({"messages": prompt}, reference))
+                    pairs.append((row, {"messages": prompt}, reference))
         return pairs
 
     def generation_eval(
         self, model: Any, tokenizer: Any, dataset: Any, batch_size: int
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Generation metrics of the first `generation_eval_samples` prompts with a reference, and
-        the first `sample_generations` of them for the report: one greedy pass serves both."""
+        a record {row, prompt, reference, generation} of each prompt generated from (the first
+        `sample_generations` are the report's samples): one greedy pass serves both."""
         opts = self.options
         pairs = self.reference_prompts(dataset, max(opts.generation_eval_samples, opts.sample_generations))
         if not pairs:
             return {}, []
         generation = GenerationOptions(max_new_tokens=opts.sample_max_new_tokens)
-        outputs = self.predict(model, tokenizer, [prompt for prompt, _ in pairs], batch_size, generation)
+        outputs = self.predict(model, tokenizer, [prompt for _, prompt, _ in pairs], batch_size, generation)
         hypotheses = [out["generation"] for out in outputs]
-        references = [reference for _, reference in pairs]
+        references = [reference for _, _, reference in pairs]
         n = opts.generation_eval_samples
         scores = generation_metrics(hypotheses[:n], references[:n], opts.answer_format) if n else {}
-        samples = [
-            {"prompt": out["prompt"], "reference": reference, "generation": out["generation"]}
-            for out, reference in zip(outputs, references, strict=True)
+        records = [
+            {"row": row, "prompt": out["prompt"], "reference": reference, "generation": out["generation"]}
+            for (row, _, reference), out in zip(pairs, outputs, strict=True)
         ]
-        return scores, samples[: opts.sample_generations]
+        return scores, records
+
+    def report_samples(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The report's (and metrics.json's) sample generations: the first `sample_generations`
+        generation records, without their row."""
+        shown = records[: self.options.sample_generations]
+        return [{k: v for k, v in r.items() if k != "row"} for r in shown]
 
     # ---- generation ---------------------------------------------------------------------------
     def _prompt(

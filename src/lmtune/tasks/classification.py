@@ -77,6 +77,7 @@ class ClassificationTask(Task):
     head_names: ClassVar[tuple[str, ...]] = ("classifier", "score", "pooler", "pre_classifier")
     peft_head_names: ClassVar[tuple[str, ...]] = ("classifier", "score")
     default_metric: ClassVar[str] = "f1_macro"
+    prediction_view: ClassVar[str] = "labels"
     capabilities: ClassVar[frozenset[str]] = frozenset(
         {
             "streaming",
@@ -490,13 +491,38 @@ class ClassificationTask(Task):
 
     def evaluate(self, model: Any, tokenizer: Any, dataset: Any, batch_size: int) -> EvalResult:
         gold, logits = self._gold_and_logits(model, tokenizer, dataset, batch_size)
-        result = self.scores(gold, self._probabilities(logits))
+        probs = self._probabilities(logits)
+        result = self.scores(gold, probs)
         if self.temperature is not None and len(gold):
             raw = self._probabilities(logits, calibrated=False)
             result.metrics["ece_uncalibrated"] = expected_calibration_error(
                 raw, gold, multi_label=self.multi_label
             )
+        result.records = self.records(dataset, gold, probs)
         return result
+
+    def records(self, dataset: Any, gold: np.ndarray, probs: np.ndarray) -> list[dict[str, Any]]:
+        """One record per row of the (untokenized) dataset: {row, text, text_pair (pairs only),
+        gold, predicted, confidence, correct}; multi-label: gold and predicted are label lists
+        (those at or above the threshold) and there is no confidence."""
+        labels = self.labels or []
+        texts = dataset["text"]
+        pairs = dataset["text_pair"] if "text_pair" in dataset.column_names else None
+        out: list[dict[str, Any]] = []
+        for i, (g, p) in enumerate(zip(gold, probs, strict=True)):
+            record: dict[str, Any] = {"row": i, "text": texts[i]}
+            if pairs is not None:
+                record["text_pair"] = pairs[i]
+            if self.multi_label:
+                named = [lb for lb, v in zip(labels, g, strict=True) if v >= 0.5]
+                chosen = [lb for lb, v in zip(labels, p, strict=True) if v >= self.options.threshold]
+                record.update(gold=named, predicted=chosen, correct=named == chosen)
+            else:
+                top = int(p.argmax())
+                record.update(gold=labels[int(g)], predicted=labels[top], confidence=round(float(p[top]), 6))
+                record["correct"] = int(g) == top
+            out.append(record)
+        return out
 
     # ---- after training: task.calibration ------------------------------------------------------
     def fit_after_training(

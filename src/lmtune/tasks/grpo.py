@@ -486,12 +486,19 @@ class GrpoTask(CausalLmTask):
             "mean_completion_tokens": round(counter.tokens / max(len(prompts), 1), 2),
             GENERATION_METRIC: round(counter.tokens / seconds, 1),
         }
-        shown = list(zip(outputs, answers, scores.total, strict=True))[: self.options.sample_generations]
-        samples = [
-            {"prompt": out["prompt"], "reference": answer, "generation": out["generation"], "reward": total}
-            for out, answer, total in shown
+        records = [
+            {
+                "row": i,
+                "prompt": out["prompt"],
+                "reference": answer,
+                "generation": out["generation"],
+                "reward": total,
+            }
+            for i, (out, answer, total) in enumerate(zip(outputs, answers, scores.total, strict=True))
         ]
-        return EvalResult(metrics=metrics, details={"samples": samples})
+        shown = records[: self.options.sample_generations]
+        samples = [{k: v for k, v in r.items() if k != "row"} for r in shown]
+        return EvalResult(metrics=metrics, details={"samples": samples}, records=records)
 
     def baseline(self, model: Any, tokenizer: Any, splits: dict[str, Any], batch_size: int) -> dict[str, Any]:
         result = self.evaluate(model, tokenizer, splits["test"], batch_size)

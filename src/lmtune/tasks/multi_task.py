@@ -643,13 +643,16 @@ class MultiTask(Task):
     def evaluate(self, model: Any, tokenizer: Any, dataset: Any, batch_size: int) -> EvalResult:
         metrics: dict[str, Any] = {}
         details: dict[str, Any] = {}
+        records: list[dict[str, Any]] = []
         for _, name, sub, part in self._named_parts(dataset):
             result = sub.evaluate(model.models[name], tokenizer, part, batch_size)
             metrics[name], details[name] = result.metrics, result.details
+            # Each sub-task's records, its rows counted within its own part of the split.
+            records += [{"task": name, **record} for record in result.records]
         scores = [metrics[name][self.subtasks[name].default_metric] for name in metrics]
         if scores:
             metrics[COMBINED] = float(sum(scores) / len(scores))
-        return EvalResult(metrics=metrics, details=details)
+        return EvalResult(metrics=metrics, details=details, records=records)
 
     def predict_options(self, raw: dict[str, Any] | None) -> BaseModel:
         options = super().predict_options(raw)

@@ -684,8 +684,9 @@ class PreferenceTask(CausalLmTask):
 
     def evaluate(self, model: Any, tokenizer: Any, dataset: Any, batch_size: int) -> EvalResult:
         metrics = self.preference_metrics(model, tokenizer, dataset, batch_size)
-        scores, samples = self.generation_eval(model, tokenizer, dataset, batch_size)
-        return EvalResult(metrics={**metrics, **scores}, details={"samples": samples})
+        scores, records = self.generation_eval(model, tokenizer, dataset, batch_size)
+        details = {"samples": self.report_samples(records)}
+        return EvalResult(metrics={**metrics, **scores}, details=details, records=records)
 
     def baseline(self, model: Any, tokenizer: Any, splits: dict[str, Any], batch_size: int) -> dict[str, Any]:
         """The untuned model on test (rewards 0 where they are relative to it). It is the reference,
@@ -693,18 +694,18 @@ class PreferenceTask(CausalLmTask):
         if "validation" in splits and self.options.algorithm not in REFERENCE_FREE:
             self.preference_metrics(model, tokenizer, splits["validation"], batch_size, is_reference=True)
         metrics = self.preference_metrics(model, tokenizer, splits["test"], batch_size, is_reference=True)
-        scores, samples = self.generation_eval(model, tokenizer, splits["test"], batch_size)
-        return {**metrics, **scores, "samples": samples}
+        scores, records = self.generation_eval(model, tokenizer, splits["test"], batch_size)
+        return {**metrics, **scores, "samples": self.report_samples(records)}
 
-    def reference_prompts(self, dataset: Any, limit: int) -> list[tuple[dict[str, Any], str]]:
-        """(prompt, the chosen or a desirable answer) of the first `limit` records."""
+    def reference_prompts(self, dataset: Any, limit: int) -> list[tuple[int, dict[str, Any], str]]:
+        """(row, prompt, the chosen or a desirable answer) of the first `limit` records."""
         answer = self.answer_fields[0]
-        pairs: list[tuple[dict[str, Any], str]] = []
-        for record in dataset:
+        pairs: list[tuple[int, dict[str, Any], str]] = []
+        for row, record in enumerate(dataset):
             if len(pairs) >= limit:
                 break
             if self.pairwise or record["label"]:
-                pairs.append(({"messages": record["prompt"]}, record[answer][-1]["content"]))
+                pairs.append((row, {"messages": record["prompt"]}, record[answer][-1]["content"]))
         return pairs
 
     def report_sections(self, results: dict[str, EvalResult], run_dir: Path) -> list[str]:

@@ -96,6 +96,8 @@ class QuestionAnsweringTask(Task):
     head_names: ClassVar[tuple[str, ...]] = ("qa_outputs",)
     peft_head_names: ClassVar[tuple[str, ...]] = ("qa_outputs",)
     default_metric: ClassVar[str] = "f1"
+    prediction_view: ClassVar[str] = "span"
+    input_fields: ClassVar[tuple[str, ...]] = ("question", "context")
     capabilities: ClassVar[frozenset[str]] = frozenset({"token-attributions"})
 
     def __init__(self, cfg: Any) -> None:
@@ -442,12 +444,13 @@ class QuestionAnsweringTask(Task):
             for name, part in (("has_answer", has), ("no_answer", no)):
                 sub = squad_scores([predictions[i] for i in part], [references[i] for i in part])
                 metrics[f"{name}_exact_match"], metrics[f"{name}_f1"] = sub["exact_match"], sub["f1"]
+        records = _records(dataset, predictions, references)
         misses = [
-            {"question": q, "answers": golds, "prediction": p}
-            for q, golds, p in zip(dataset["question"], references, predictions, strict=True)
-            if not squad_scores([p], [golds])["exact_match"]
+            {"question": r["question"], "answers": r["gold"], "prediction": r["predicted"]}
+            for r in records
+            if not r["exact"]
         ][:5]
-        return EvalResult(metrics=metrics, details={"misses": misses})
+        return EvalResult(metrics=metrics, details={"misses": misses}, records=records)
 
     def predict(self, model: Any, tokenizer: Any, inputs: Rows, batch_size: int, options: Any = None) -> Rows:
         if not inputs:
@@ -620,6 +623,29 @@ def _parse_answers(table: Table, index: int, column: str) -> list[tuple[str, int
             raise LmtuneError(f"{where}: answer texts must be strings, got {text!r}")
         out.append((text, _as_int(table, index, column, start)))
     return out
+
+
+def _records(dataset: Any, predictions: list[str], references: list[list[str]]) -> list[dict[str, Any]]:
+    """One record per question: {row, question, context, gold (answer texts; [] unanswerable),
+    predicted, exact, f1 (0-100, as metrics.json's), correct (= exact)}."""
+    records = []
+    rows = zip(dataset["question"], dataset["context"], references, predictions, strict=True)
+    for i, (question, context, golds, predicted) in enumerate(rows):
+        score = squad_scores([predicted], [golds])
+        exact = bool(score["exact_match"])
+        records.append(
+            {
+                "row": i,
+                "question": question,
+                "context": context,
+                "gold": list(golds),
+                "predicted": predicted,
+                "exact": exact,
+                "f1": round(score["f1"], 4),
+                "correct": exact,
+            }
+        )
+    return records
 
 
 def _answers(dataset: Any) -> list[list[tuple[str, int]]]:

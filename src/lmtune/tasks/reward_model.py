@@ -203,6 +203,8 @@ class RewardModelTask(Task, capabilities={"reward-scores"}):
     head_names: ClassVar[tuple[str, ...]] = ("classifier", "score", "pooler", "pre_classifier")
     peft_head_names: ClassVar[tuple[str, ...]] = ("classifier", "score")
     default_metric: ClassVar[str] = "accuracy"
+    prediction_view: ClassVar[str] = "score"
+    input_fields: ClassVar[tuple[str, ...]] = ("prompt", "completion")
     greater_is_better: ClassVar[bool] = True
 
     def __init__(self, cfg: Any) -> None:
@@ -361,19 +363,22 @@ class RewardModelTask(Task, capabilities={"reward-scores"}):
     def evaluate(self, model: Any, tokenizer: Any, dataset: Any, batch_size: int) -> EvalResult:
         chosen, rejected = self.pair_rewards(model, tokenizer, self.encode(dataset, tokenizer), batch_size)
         metrics = pair_metrics(chosen, rejected)
-        hardest = np.argsort(chosen - rejected, kind="stable")[: self.options.report_pairs]
-        pairs = [
+        records = [
             {
-                "prompt": messages_text(dataset[int(i)]["prompt"])[:SHOWN_CHARS],
-                "chosen": dataset[int(i)]["chosen"][-1]["content"][:SHOWN_CHARS],
-                "rejected": dataset[int(i)]["rejected"][-1]["content"][:SHOWN_CHARS],
+                "row": i,
+                "prompt": messages_text(record["prompt"]),
+                "chosen": record["chosen"][-1]["content"],
+                "rejected": record["rejected"][-1]["content"],
                 "chosen_reward": round(float(chosen[i]), 4),
                 "rejected_reward": round(float(rejected[i]), 4),
                 "margin": round(float(chosen[i] - rejected[i]), 4),
+                "correct": bool(chosen[i] > rejected[i]),
             }
-            for i in hardest
+            for i, record in enumerate(dataset)
         ]
-        return EvalResult(metrics=metrics, details={"lowest_margin_pairs": pairs})
+        hardest = np.argsort(chosen - rejected, kind="stable")[: self.options.report_pairs]
+        pairs = [_shown(records[int(i)]) for i in hardest]
+        return EvalResult(metrics=metrics, details={"lowest_margin_pairs": pairs}, records=records)
 
     def baseline(
         self, model: Any, tokenizer: Any, splits: dict[str, Any], batch_size: int
@@ -457,6 +462,14 @@ class RewardModelTask(Task, capabilities={"reward-scores"}):
             table = markdown_table(["prompt", "chosen", "rejected", "margin"], rows, left=3, width=80)
             lines += section(f"Pairs with the lowest margin ({split})", [summary, "", *table])
         return lines
+
+
+def _shown(record: dict[str, Any]) -> dict[str, Any]:
+    """A prediction record as the report's lowest-margin table shows it: texts cut, no row."""
+    texts = ("prompt", "chosen", "rejected")
+    return {
+        k: (v[:SHOWN_CHARS] if k in texts else v) for k, v in record.items() if k not in ("row", "correct")
+    }
 
 
 def _as_messages(value: Any, role: str) -> list[Message]:

@@ -99,6 +99,7 @@ class Seq2SeqTask(Task):
     peft_head_names: ClassVar[tuple[str, ...]] = ()
     # The Trainer's per-epoch evaluation is teacher-forced (no generation): it picks by loss.
     default_metric: ClassVar[str] = "loss"
+    prediction_view: ClassVar[str] = "text"
     resolved_columns: ClassVar[dict[str, str]] = {
         "text_column": "text_column",
         "label_column": "label_column",
@@ -420,11 +421,12 @@ class Seq2SeqTask(Task):
         metrics["perplexity"] = math.exp(min(loss, 50.0)) if loss is not None else None
         metrics["gen_len"] = generated / max(1, len(hyps))
         metrics["n"] = len(hyps)
-        samples = [
-            {"source": s, "reference": r, "generation": h}
-            for s, r, h in list(zip(dataset["source"], refs, hyps, strict=True))[:5]
+        records = [
+            {"row": i, "source": s, "reference": r, "generation": h}
+            for i, (s, r, h) in enumerate(zip(dataset["source"], refs, hyps, strict=True))
         ]
-        return EvalResult(metrics=metrics, details={"kind": self.kind, "samples": samples})
+        samples = [{k: v for k, v in r.items() if k != "row"} for r in records[:5]]
+        return EvalResult(metrics=metrics, details={"kind": self.kind, "samples": samples}, records=records)
 
     def predict(self, model: Any, tokenizer: Any, inputs: Rows, batch_size: int, options: Any = None) -> Rows:
         from datasets import Dataset

@@ -60,6 +60,7 @@ class TokenClassificationTask(Task):
     head_names: ClassVar[tuple[str, ...]] = ("classifier", "score")
     peft_head_names: ClassVar[tuple[str, ...]] = ("classifier", "score")
     default_metric: ClassVar[str] = "f1"
+    prediction_view: ClassVar[str] = "entities"
     capabilities: ClassVar[frozenset[str]] = frozenset(
         {"multi-task-member", "token-level", "logit-distillation", "label-audit", "token-attributions"}
     )
@@ -372,7 +373,10 @@ class TokenClassificationTask(Task):
         sentences = dataset["tokens"]
         predicted = self._predict_words(model, tokenizer, sentences, batch_size)
         gold = [[labels[i] for i in ids] for ids in dataset["tag_ids"]]
-        return self.scores(gold, [self._tags(p) for p in predicted])
+        tags = [self._tags(p) for p in predicted]
+        result = self.scores(gold, tags)
+        result.records = [_record(i, *row) for i, row in enumerate(zip(sentences, gold, tags, strict=True))]
+        return result
 
     def predict(self, model: Any, tokenizer: Any, inputs: Rows, batch_size: int, options: Any = None) -> Rows:
         if not inputs:
@@ -486,6 +490,27 @@ class TokenClassificationTask(Task):
                 )
                 lines.append("")
         return lines
+
+
+def _record(row: int, tokens: list[str], gold: list[str], predicted: list[str]) -> dict[str, Any]:
+    """A sentence's prediction record: its entities (type, token start, end exclusive, text) as
+    the data tags them (BIO) and as predicted; correct when the two sets of entities are equal."""
+
+    def entities(tags: list[str]) -> list[dict[str, Any]]:
+        return [
+            {"type": kind, "start": a, "end": b, "text": " ".join(tokens[a:b])}
+            for kind, a, b in conll.bio_spans(tags)
+        ]
+
+    gold_entities, predicted_entities = entities(gold), entities(predicted)
+    return {
+        "row": row,
+        "text": " ".join(tokens),
+        "tokens": list(tokens),
+        "gold": gold_entities,
+        "predicted": predicted_entities,
+        "correct": gold_entities == predicted_entities,
+    }
 
 
 def _entity_logits(tagged: list[tuple[int, int]]) -> Any:

@@ -374,8 +374,7 @@ def build_trainer(
 
     from lmtune.methods import get_method_class
 
-    metric = cfg.train.metric_for_best_model or task.default_metric
-    greater = task.greater_is_better if metric == task.default_metric else not metric.endswith("loss")
+    metric, greater = task.metric_direction(cfg.train.metric_for_best_model)
     spec = task.trainer_spec()
     callbacks = list(extra_callbacks)
     if "tensorboard" in cfg.train.report_to:
