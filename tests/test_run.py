@@ -221,3 +221,38 @@ def test_explanations_are_refused_before_training_for_tasks_that_cannot_give_the
     raw = {"model": "x", "task": "seq2seq", "evaluation": {"explain_errors": 3}, "output_dir": str(tmp_path)}
     with pytest.raises(LmtuneError, match=r"seq2seq.*evaluation\.explain_errors.*token-attributions"):
         plan_run(RunConfig.from_dict(raw), overwrite=False)
+
+
+class _StopAt:
+    """A Trainer callback that raises `error` at the second step (a crash, or Ctrl-C)."""
+
+    def __init__(self, error: BaseException) -> None:
+        from transformers import TrainerCallback
+
+        self.error = error
+        self.callback = type("StopAt", (TrainerCallback,), {"on_step_end": self._step})()
+
+    def _step(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "status"), [(RuntimeError("disk full\nmore"), "failed"), (KeyboardInterrupt(), "interrupted")]
+)
+def test_run_json_says_how_an_unfinished_run_ended_and_it_resumes(
+    tiny_bert, sentiment_files, tmp_path, error, status
+):
+    from lmtune.run import train
+
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_bert, sentiment_files, out, train={"epochs": 2})
+    with pytest.raises(type(error)):
+        train(cfg, callbacks=[_StopAt(error).callback])
+    state = json.loads((out / "run.json").read_text())
+    assert state["status"] == status
+    assert state.get("error") == ("RuntimeError: disk full" if status == "failed" else None)
+    assert "pid" not in state
+    finished = lmtune.train(cfg)  # the same config resumes (here from scratch: no checkpoint yet)
+    assert finished.metrics["train"]["steps"] == 16
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
