@@ -230,6 +230,10 @@ def eval_(
             min=0.0, max=1.0, help="Flag groups whose accuracy or macro F1 is this far below all rows'."
         ),
     ] = 0.05,
+    save_predictions: Annotated[
+        bool,
+        typer.Option(help="Also write each example's prediction to RUN/predictions/<data file stem>.jsonl."),
+    ] = False,
 ) -> None:
     """Evaluate a finished run on a labelled file (per group too, with --group-column)."""
     from lmtune.run import load_run
@@ -238,7 +242,14 @@ def eval_(
     if group_column:
         from lmtune.evaluation.fairness import evaluate_groups
 
+        if save_predictions:
+            raise LmtuneError(
+                "--save-predictions cannot be combined with --group-column",
+                hint="run `lmtune eval` once with each",
+            )
         metrics = evaluate_groups(run_dir, data, group_column, max_gap)
+    elif save_predictions:
+        metrics = _eval_saving_predictions(run_dir, data)
     else:
         metrics = load_run(run_dir).evaluate(data)
     table = RichTable("metric", "value", title=f"{run_dir} on {data}")
@@ -255,6 +266,18 @@ def eval_(
     if group_column:
         _print_groups(metrics["groups"], output)
     _print_table(table, output, metrics)
+
+
+def _eval_saving_predictions(run_dir: Path, data: str) -> dict[str, Any]:
+    """`Run.evaluate`, writing the records to RUN/predictions/<stem>.jsonl (never training's files)."""
+    from lmtune.evaluation.predictions import check_eval_name, write_predictions
+    from lmtune.run import load_run
+
+    name = check_eval_name(data)  # before the model loads: a refused name costs nothing
+    result = load_run(run_dir).evaluate_result(data)
+    path = write_predictions(run_dir, name, result.records)
+    console.print(f"{len(result.records)} predictions written to {path}")
+    return {**result.metrics, "details": result.details}
 
 
 def _print_groups(groups: dict[str, Any], output: Path | None) -> None:
@@ -444,6 +467,57 @@ def _explain_report(
     console.print(f"explained errors written to {run.directory / 'report.md'}")
 
 
+# ---- board ------------------------------------------------------------------------------------
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command()
+def board(
+    runs_dir: Annotated[Path, typer.Option(help="Where runs are found (recursively) and launched.")] = Path(
+        "runs"
+    ),
+    data_dir: Annotated[
+        list[Path] | None,
+        typer.Option(help="A folder the launch form may pick data files from (repeatable)."),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; any but loopback needs a token.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 7860,
+    token: Annotated[
+        str | None, typer.Option(help="Required on every request (default: $LMTUNE_BOARD_TOKEN).")
+    ] = None,
+    max_upload_mb: Annotated[
+        float, typer.Option(min=0.001, help="Largest data file an upload may be.")
+    ] = 50.0,
+    max_running_jobs: Annotated[int, typer.Option(min=1, help="Trainings run at once (the rest queue).")] = 1,
+) -> None:
+    """The local web board: every run under RUNS_DIR, side by side; launch, watch and try runs."""
+    from lmtune.board.app import TOKEN_ENV, BoardSettings, create_board_app, token_from_env
+
+    token = token or token_from_env()
+    if host not in LOCAL_HOSTS and not token:
+        raise LmtuneError(
+            f"--host {host} would expose the board to other machines without a token",
+            hint=f"pass --token (or set {TOKEN_ENV}), or keep the default --host 127.0.0.1",
+        )
+    data_dirs = list(data_dir or [])
+    for folder in [*data_dirs]:
+        if not folder.is_dir():
+            raise LmtuneError(f"--data-dir {folder} is not a folder")
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    _quiet_libraries()
+    import uvicorn
+
+    settings = BoardSettings(runs_dir, data_dirs, token, max_upload_mb, max_running_jobs)
+    server = create_board_app(settings)
+    where = f"http://{host}:{port}" + ("/?token=..." if token else "")
+    console.print(
+        f"lmtune board on {where}  runs: {runs_dir.resolve()}  data: {', '.join(map(str, data_dirs)) or '-'}"
+    )
+    uvicorn.run(server, host=host, port=port, log_level="warning")
+
+
 # ---- serve ------------------------------------------------------------------------------------
 @app.command()
 def serve(
@@ -500,7 +574,7 @@ def serve(
         admin_token=os.environ.get(admin_token_env) or None,
     )
     server = create_app(run_dir, extra, settings)
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if host not in LOCAL_HOSTS:
         err_console.print(f"[yellow]warning:[/yellow] listening on {host}: reachable from other machines")
     admin = f"on (token in ${admin_token_env})" if settings.admin_token else "off"
     err_console.print(
