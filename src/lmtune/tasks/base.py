@@ -455,21 +455,31 @@ def inference_batches(
     and the autocast of the task's `train.precision` (resolved for the device). Keys in `drop`
     (gold labels, by default) are left out of the batches.
     """
-    device = model_device(model)
-    precision = resolve_precision(task.cfg.train.precision, device, task.supports("bf16-on-cpu"))
     row_adapters = _ROW_ADAPTERS.get()
     if row_adapters is not None and len(row_adapters) != len(features):
         raise RuntimeError(
             f"{len(row_adapters)} adapter names for {len(features)} rows: a mixed-adapter batch needs "
             f"a task with one model row per input ({task.name} does not declare mixed-adapter-batches)"
         )
-    model.eval()
-    with torch.inference_mode(), autocast_for(device, precision):
+    device = model_device(model)
+    with inference_context(task, model):
         for index, batch in length_sorted_batches(features, collator, batch_size):
             moved = {k: _to(v, device) for k, v in batch.items() if k not in drop and v is not None}
             if row_adapters is not None:
                 moved["adapter_names"] = [row_adapters[i] for i in index]
             yield index, moved
+
+
+@contextlib.contextmanager
+def inference_context(task: Task, model: nn.Module) -> Iterator[None]:
+    """Eval mode, `torch.inference_mode` and the autocast of the task's `train.precision`: what
+    every forward outside training runs under (batched inference, streamed generation), so a
+    streamed answer is the answer `predict` gives."""
+    device = model_device(model)
+    precision = resolve_precision(task.cfg.train.precision, device, task.supports("bf16-on-cpu"))
+    model.eval()
+    with torch.inference_mode(), autocast_for(device, precision):
+        yield
 
 
 def _to(value: Any, device: torch.device) -> Any:

@@ -60,6 +60,7 @@ from lmtune.tasks.base import (
     Task,
     VersionedOptions,
     inference_batches,
+    inference_context,
     model_device,
     records_dataset,
 )
@@ -815,9 +816,10 @@ class CausalLmTask(Task):
             if options.seed is not None:
                 torch.manual_seed(options.seed)
             inputs = torch.tensor([ids], device=model_device(model))
-            out = model.generate(
-                input_ids=inputs, attention_mask=torch.ones_like(inputs), streamer=streamer, **arguments
-            )
+            with inference_context(self, model):
+                out = model.generate(
+                    input_ids=inputs, attention_mask=torch.ones_like(inputs), streamer=streamer, **arguments
+                )
         finally:
             streamer.end()
         finished = self.finished(tokenizer, out[0, len(ids) :].tolist(), arguments["eos_token_id"], options)
