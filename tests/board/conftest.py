@@ -13,8 +13,10 @@ from tests.conftest import fast_config, separable_splits
 
 
 @pytest.fixture(scope="session")
-def board_roots(tmp_path_factory: pytest.TempPathFactory, tiny_bert: str) -> dict[str, Path]:
-    """{"runs": runs root, "data": data root}: runs `sst/lora` and `sst/bitfit` are complete,
+def board_roots(
+    tmp_path_factory: pytest.TempPathFactory, tiny_bert: str, minilm_path: str
+) -> dict[str, Path]:
+    """{"runs", "data", "tiny_bert"}: MiniLM runs `sst/lora` and `sst/bitfit` are complete,
     `broken/interrupted` says running with a process that is gone."""
     import lmtune
     from lmtune.config import RunConfig
@@ -24,7 +26,10 @@ def board_roots(tmp_path_factory: pytest.TempPathFactory, tiny_bert: str) -> dic
     data.mkdir()
     files = separable_splits(data, train=48, validation=16, test=16)
     for method in ("lora", "bitfit"):
-        cfg = fast_config(tiny_bert, files, runs / "sst" / method, method=method, train={"epochs": 2})
+        # The packaged MiniLM (a tiny random BERT learns nothing in a few steps: its pages would
+        # show an empty confusion matrix); launches from the board use the tiny one.
+        train = {"epochs": 3, "early_stopping_patience": None}
+        cfg = fast_config(minilm_path, files, runs / "sst" / method, method=method, train=train)
         lmtune.train(RunConfig.from_dict(cfg))
     interrupted = runs / "broken" / "interrupted"
     shutil.copytree(runs / "sst" / "lora", interrupted)

@@ -10,6 +10,7 @@ own limits: data files inside the data roots, the run inside the runs root.
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -38,8 +39,10 @@ class FormErrors(Exception):
         self.errors = errors
 
 
+@functools.cache
 def schema() -> dict[str, Any]:
-    """GET /api/schema: the config schema, each task's and method's options, a starting config."""
+    """GET /api/schema: the config schema, each task's and method's options, a starting config.
+    Cached: building it imports every task and method (about 5 s the first time)."""
     from lmtune.methods import METHODS
     from lmtune.tasks import TASKS
 
