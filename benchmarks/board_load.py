@@ -105,10 +105,15 @@ def _serve(root: Path) -> tuple[str, Any]:
 
 def page_times(root: Path, repeat: int = 3) -> dict[str, dict[str, float]]:
     """Navigation start to drawn content, in Chromium: the runs table with every row, a run's
-    first chart, a comparison's table."""
+    first chart, a comparison's table. The first load of each also parses plotly.js (4.8 MB)
+    from an empty browser cache; the rest find it cached, as a user's later visits do."""
+    import urllib.request
+
     from playwright.sync_api import sync_playwright
 
     base, server = _serve(root)
+    with urllib.request.urlopen(f"{base}/api/runs", timeout=120) as answer:  # the start-up warm-up's work
+        answer.read()
     first = sorted(p.parent.relative_to(root).as_posix() for p in root.glob("*/*/run.json"))
     pages = {
         "Runs page, 500 rows drawn": ("#/runs", "document.querySelectorAll('tbody tr').length >= 500"),
