@@ -36,13 +36,15 @@ function draw(div, traces, chartLayout) {
 }
 
 /** Lines of {name: {x, y}} series against the training step. */
-export function lineChart(div, series, { title = "", yTitle = "", logY = false, mode = "lines+markers" } = {}) {
+/** `shown(name)` false: the series starts hidden (a click on its legend entry shows it). */
+export function lineChart(div, series, { title = "", yTitle = "", logY = false, mode = "lines+markers", shown = null } = {}) {
   const traces = Object.entries(series).map(([name, s]) => ({
     type: "scatter",
     mode,
     name,
     x: s.x,
     y: s.y,
+    visible: shown && !shown(name) ? "legendonly" : true,
     marker: { size: 5 },
     line: { width: 2 },
     hovertemplate: `${name}<br>step %{x}: %{y:.4g}<extra></extra>`,
@@ -55,6 +57,7 @@ export function lineChart(div, series, { title = "", yTitle = "", logY = false, 
       xaxis: { title: { text: "step" } },
       yaxis: { title: { text: yTitle }, type: logY ? "log" : "linear" },
       showlegend: traces.length > 1,
+      legend: { orientation: "v", x: 1.02, xanchor: "left", y: 1, yanchor: "top" },
     }),
   );
 }
@@ -105,6 +108,7 @@ export function paretoChart(div, points, { xKey, xTitle, metric, greaterIsBetter
       y: usable.map((p) => p.metric),
       text: usable.map((p) => p.name),
       textposition: "top center",
+      cliponaxis: false,
       marker: { size: 10, color: "#0969da" },
       hovertemplate: `%{text}<br>${xTitle}: %{x:.4g}<br>${metric}: %{y:.4g}<extra></extra>`,
     },
@@ -166,7 +170,8 @@ export function historyChart(div, history, metric) {
       hovertemplate: "best after trial %{x}: %{y:.4g}<extra></extra>",
     },
   ];
-  return draw(div, traces, layout({ xaxis: { title: { text: "trial" } }, yaxis: { title: { text: metric || "value" } } }));
+  const xaxis = { title: { text: "trial" }, dtick: history.x.length <= 20 ? 1 : null };
+  return draw(div, traces, layout({ xaxis, yaxis: { title: { text: metric || "value" } } }));
 }
 
 /** Horizontal bars of parameter importances, largest on top. */
@@ -184,7 +189,7 @@ export function importanceChart(div, importances) {
     div,
     [trace],
     layout({
-      height: 120 + entries.length * 28,
+      height: Math.max(180, 100 + entries.length * 28),
       margin: { l: 180, r: 16, t: 16, b: 40 },
       xaxis: { title: { text: "importance" } },
       yaxis: { type: "category" },

@@ -68,7 +68,7 @@ function metricsTable(comparison) {
   const columns = comparison.columns || [];
   const header = ["run", "method", ...columns.map((c) => c.label)];
   const rows = comparison.runs.map((run) => [
-    el("td", {}, el("a", { href: link("run", { path: run.path }) }, run.name)),
+    el("td", { class: "run-name" }, el("a", { href: link("run", { path: run.path }) }, run.name)),
     run.method,
     ...columns.map((c) => {
       const value = run.values?.[c.key];
@@ -140,7 +140,7 @@ function sweepSections(detail) {
     ...keys.map((k) => display(t.params?.[k])),
   ]);
   const history = chartDiv("sweep-history");
-  const importances = chartDiv("sweep-importances");
+  const importances = chartDiv("sweep-importances", "fit");
   const sections = [
     section("Trials", table(["trial", "state", "value", ...keys], rows, { class: "data trials", id: "sweep-trials" })),
     section("Optimisation history", history),

@@ -125,6 +125,14 @@ export function fmtDate(iso) {
   return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())} ${pad(date.getHours())}:${pad(date.getMinutes())}`;
 }
 
+/** A local model path by its folder's name (its parent's when the folder is just `model`). */
+export function shortModel(model) {
+  if (!model.startsWith("/")) return model;
+  const parts = model.split("/").filter(Boolean);
+  const last = parts.pop() || model;
+  return ["model", "models", "snapshot"].includes(last) && parts.length ? `${parts.pop()}/${last}` : last;
+}
+
 /** A status badge: running / complete / failed / interrupted (and the job states). */
 export function badge(status) {
   return el("span", { class: `badge badge-${status || "unknown"}` }, status || "unknown");

@@ -12,33 +12,61 @@ import { badge, el, fmtDate, link, progressBar, replace, section } from "./dom.j
 
 const SECTIONS = ["model", "task", "method", "data", "train", "evaluation"];
 const SKIPPED = { train: ["distributed"], data: [] };
+// The fields every launch looks at; a section's other fields are folded under "more options".
+const BASIC = {
+  model: ["name"],
+  task: ["type"],
+  method: ["name"],
+  data: ["train", "validation", "test", "max_length"],
+  train: ["epochs", "batch_size", "learning_rate"],
+  evaluation: ["explain_errors", "faithfulness_samples"],
+};
 const DATA_FILES = ["train", "validation", "test"];
+const UPLOADABLE = ".csv,.tsv,.json,.jsonl,.parquet,.txt,.conll";
 const MODELS = ["all-MiniLM-L6-v2", "SmolLM2-135M-Instruct", "gemma-3-270m"];
 
 export async function render(params, ctx) {
   const [schema, data] = await Promise.all([api("/api/schema"), api("/api/data")]);
   const from = params.get("from");
-  const prefill = from ? await prefillFrom(from) : structuredClone(schema.defaults);
-  const form = { schema, data, values: new Map(), root: el("form", { id: "launch-form", class: "launch", novalidate: true }) };
+  const prefill = normalised(from ? await prefillFrom(from) : structuredClone(schema.defaults));
+  const form = { schema, data, values: new Map(), open: new Set(), root: el("form", { id: "launch-form", class: "launch", novalidate: true }) };
   flatten(prefill, [], form.values);
   const preview = el("pre", { class: "yaml", id: "yaml-preview", hidden: true });
-  const jobs = el("div", { id: "jobs" });
+  const jobs = { container: el("div", { id: "jobs" }), table: el("div"), log: el("div", { id: "job-log-panel" }), open: null };
+  jobs.container.append(jobs.table, jobs.log);
   ctx.root.append(
     el("div", { class: "page-head" }, el("h1", {}, "Launch"), from ? el("p", { class: "muted" }, "Prefilled from ", el("a", { href: link("run", { path: from }) }, from)) : null),
-    section("Configuration", el("div", { id: "form-errors", class: "form-errors", hidden: true }), form.root, buttons(form, preview), preview),
-    section("Jobs", jobs),
+    section("Configuration", el("div", { id: "form-errors", class: "form-errors", hidden: true }), form.root, buttons(form, preview, jobs), preview),
+    section("Jobs", jobs.container),
   );
   drawForm(form);
-  const openLog = { id: params.get("job"), offset: 0, text: "" };
-  await ctx.poll(() => drawJobs(jobs, openLog), 2000);
+  if (params.get("job")) openLog(jobs, params.get("job"));
+  await ctx.poll(() => refreshJobs(jobs), 2000);
 }
 
+/** A run's config, under a new output_dir beside it (the old folder holds the old run). */
 async function prefillFrom(path) {
-  const detail = await api(`/api/run?${query({ path })}`);
+  const [detail, listing] = await Promise.all([api(`/api/run?${query({ path })}`), api("/api/runs")]);
   const config = structuredClone(detail.config || {});
-  // The old folder holds the old run: the new one gets a name beside it.
-  config.output_dir = `${path.replace(/-\d+$/, "")}-${Date.now().toString(36).slice(-4)}`;
+  config.output_dir = freeName(path, new Set(listing.runs.map((r) => r.path)));
   return config;
+}
+
+/** `sst/lora` -> `sst/lora-2` (or -3, ... while taken). */
+export function freeName(path, taken) {
+  const stem = path.replace(/-\d+$/, "");
+  let n = 2;
+  while (taken.has(`${stem}-${n}`)) n += 1;
+  return `${stem}-${n}`;
+}
+
+/** The short forms a YAML file may use (`model: name`, `task: type`, `method: name`) as sections. */
+function normalised(config) {
+  const out = { ...config };
+  for (const [name, key] of [["model", "name"], ["task", "type"], ["method", "name"]]) {
+    if (typeof out[name] === "string") out[name] = { [key]: out[name] };
+  }
+  return out;
 }
 
 /** {a: {b: 1}} -> values "a.b" -> 1 (task/method options stay flat under their section). */
@@ -49,7 +77,6 @@ function flatten(object, prefix, out) {
     if (isSection) flatten(value, path, out);
     else out.set(path.join("."), value);
   }
-  if (typeof object?.model === "string") out.set("model.name", object.model);
 }
 
 // ---- schema helpers ----------------------------------------------------------------------------
@@ -83,25 +110,44 @@ function shape(defs, prop) {
 function drawForm(form) {
   const { schema } = form;
   const defs = schema.config;
-  const taskType = form.values.get("task.type") || "classification";
-  const methodName = form.values.get("method.name") || "lora";
-  const task = schema.tasks[taskType] || {};
-  const method = schema.methods[methodName] || {};
-  const groups = [];
-  for (const name of SECTIONS) {
-    const sectionSchema = resolve(defs, resolve(defs, defs.properties[name]).anyOf?.[0] || defs.properties[name]);
-    let fields = Object.entries(sectionSchema.properties || {}).filter(([key]) => !(SKIPPED[name] || []).includes(key));
-    let own = [];
-    if (name === "task") own = Object.entries(task.options?.properties || {}).map(([k, p]) => [k, p, task.options]);
-    if (name === "method") own = Object.entries(method.options?.properties || {}).map(([k, p]) => [k, p, method.options]);
-    if (name === "data") own = Object.entries(task.data_options?.properties || {}).map(([k, p]) => [k, p, task.data_options]);
-    fields = fields.map(([k, p]) => [k, p, defs]);
-    const rows = [...fields, ...own].map(([key, prop, root]) => fieldRow(form, name, key, prop, root));
-    const help = name === "task" ? task.description : name === "method" ? method.description : null;
-    groups.push(el("fieldset", { class: `group group-${name}` }, el("legend", {}, name), help ? el("p", { class: "muted small" }, help) : null, rows));
-  }
-  groups.push(el("fieldset", { class: "group" }, el("legend", {}, "output"), fieldRow(form, null, "output_dir", defs.properties.output_dir, defs)));
-  replace(form.root, groups, dataList(form));
+  const task = schema.tasks[form.values.get("task.type") || "classification"] || {};
+  const method = schema.methods[form.values.get("method.name") || "lora"] || {};
+  const own = { task: task.options, method: method.options, data: task.data_options };
+  const groups = SECTIONS.map((name) => {
+    const common = sectionProperties(defs, name).map(([key, prop]) => fieldRow(form, name, key, prop, defs));
+    const extra = Object.entries(own[name]?.properties || {}).map(([key, prop]) => fieldRow(form, name, key, prop, own[name]));
+    const basic = BASIC[name] || [];
+    const shown = common.filter((row) => basic.includes(row.dataset.key));
+    const more = common.filter((row) => !basic.includes(row.dataset.key));
+    const help = { task: task.description, method: method.description }[name];
+    return el(
+      "fieldset",
+      { class: `group group-${name}` },
+      el("legend", {}, name),
+      help ? el("p", { class: "muted small" }, help) : null,
+      shown,
+      // The chosen task's / method's own options: shown (that is what picking one is about).
+      name === "data" ? null : extra,
+      moreFields(form, name, name === "data" ? [...more, ...extra] : more),
+    );
+  });
+  groups.push(el("fieldset", { class: "group group-output" }, el("legend", {}, "output"), fieldRow(form, null, "output_dir", defs.properties.output_dir, defs)));
+  replace(form.root, groups, dataList());
+}
+
+/** The [key, schema] pairs of a config section (`evaluation` is optional: its object's). */
+function sectionProperties(defs, name) {
+  const node = resolve(defs, defs.properties[name]);
+  const object = resolve(defs, (node.anyOf || [node]).find((n) => n.type !== "null"));
+  return Object.entries(object.properties || {}).filter(([key]) => !(SKIPPED[name] || []).includes(key));
+}
+
+/** The rest of a section's fields, folded (the fold stays open across redraws). */
+function moreFields(form, name, rows) {
+  if (!rows.length) return null;
+  const details = el("details", { class: "more", open: form.open.has(name) }, el("summary", {}, `${rows.length} more ${name} options`), rows);
+  details.addEventListener("toggle", () => (details.open ? form.open.add(name) : form.open.delete(name)));
+  return details;
 }
 
 function fieldRow(form, sectionName, key, prop, root) {
@@ -112,7 +158,7 @@ function fieldRow(form, sectionName, key, prop, root) {
   const description = node.description || prop.description || "";
   return el(
     "div",
-    { class: "field", dataset: { field: path } },
+    { class: "field", dataset: { field: path, key } },
     el("label", { for: `f-${path}` }, key),
     input,
     description ? el("div", { class: "help muted small" }, description) : null,
@@ -123,7 +169,7 @@ function fieldRow(form, sectionName, key, prop, root) {
 function widget(form, path, key, field, node, sectionName) {
   const attrs = { id: `f-${path}`, name: path, dataset: { path, kind: field.kind } };
   const current = form.values.get(path);
-  const placeholder = node.default === undefined || node.default === null ? "" : JSON.stringify(node.default);
+  const placeholder = defaultText(node.default);
   let input;
   if ((sectionName === "task" && key === "type") || (sectionName === "method" && key === "name")) {
     const names = Object.keys(sectionName === "task" ? form.schema.tasks : form.schema.methods);
@@ -143,15 +189,38 @@ function widget(form, path, key, field, node, sectionName) {
   } else if (field.kind === "integer" || field.kind === "number") {
     input = el("input", { ...attrs, type: "number", step: field.kind === "integer" ? "1" : "any", placeholder, value: current ?? "" });
   } else if (sectionName === "data" && DATA_FILES.includes(key)) {
-    input = el("input", { ...attrs, type: "text", list: "data-files", placeholder: "pick a data file or upload one", value: current ?? "" });
+    return dataFilePicker(form, key, attrs, current);
   } else if (field.kind === "text") {
     const list = path === "model.name" ? "model-names" : null;
     input = el("input", { ...attrs, type: "text", list, placeholder, value: current ?? "" });
   } else {
     input = el("input", { ...attrs, type: "text", placeholder: placeholder || "JSON, or comma-separated", value: current === undefined ? "" : JSON.stringify(current) });
   }
-  input.addEventListener("change", () => form.values.set(path, readInput(input)));
+  for (const type of ["input", "change"]) input.addEventListener(type, () => form.values.set(path, readInput(input)));
   return input;
+}
+
+/** data.train / validation / test: a select of the data roots' files, and an upload button. */
+function dataFilePicker(form, key, attrs, current) {
+  const files = form.data.files;
+  const listed = files.some((f) => f.path === current);
+  const select = el(
+    "select",
+    attrs,
+    el("option", { value: "" }, key === "train" ? "pick a data file" : "none (carved from train)"),
+    current && !listed ? el("option", { value: current, selected: true }, current) : null,
+    files.map((f) => el("option", { value: f.path, selected: f.path === current, title: f.path }, f.name)),
+  );
+  select.addEventListener("change", () => form.values.set(`data.${key}`, select.value || undefined));
+  const upload = el("input", { type: "file", id: `upload-${key}`, accept: UPLOADABLE });
+  upload.addEventListener("change", () => uploadFile(form, key, upload));
+  const button = el("label", { class: "button small upload-button", title: "upload a file into the first data root" }, "Upload…", upload);
+  return el("div", { class: "file-pick" }, select, button);
+}
+
+function defaultText(value) {
+  if (value === undefined || value === null) return "";
+  return typeof value === "string" ? value : JSON.stringify(value);
 }
 
 /** Forget the options of the task or method being replaced (the new one may not have them). */
@@ -165,11 +234,8 @@ function dropOwnOptions(form, sectionName) {
   }
 }
 
-function dataList(form) {
-  return [
-    el("datalist", { id: "data-files" }, form.data.files.map((f) => el("option", { value: f.path }, f.name))),
-    el("datalist", { id: "model-names" }, MODELS.map((m) => el("option", { value: m }))),
-  ];
+function dataList() {
+  return el("datalist", { id: "model-names" }, MODELS.map((m) => el("option", { value: m })));
 }
 
 /** An input's value as the config takes it (undefined: unset, keep the default). */
@@ -204,25 +270,25 @@ function collect(form) {
 }
 
 // ---- validate, launch, upload ------------------------------------------------------------------
-function buttons(form, preview) {
-  const upload = el("input", { type: "file", id: "upload-file", accept: ".csv,.tsv,.json,.jsonl,.parquet,.txt,.conll" });
-  upload.addEventListener("change", () => uploadFile(form, upload));
+function buttons(form, preview, jobs) {
   return el(
     "div",
     { class: "actions" },
-    el("button", { type: "button", id: "validate", onclick: () => submit(form, preview, false) }, "Validate"),
-    el("button", { type: "button", class: "primary", id: "launch", onclick: () => submit(form, preview, true) }, "Launch"),
-    el("label", { class: "inline upload" }, "Upload a data file: ", upload),
+    el("button", { type: "button", id: "validate", onclick: () => submit(form, preview, jobs, false) }, "Validate"),
+    el("button", { type: "button", class: "primary", id: "launch", onclick: () => submit(form, preview, jobs, true) }, "Launch"),
+    el("span", { class: "muted small" }, "Validate checks the config as `lmtune train` would and shows its YAML; Launch queues the training."),
   );
 }
 
-async function submit(form, preview, launch) {
+async function submit(form, preview, jobs, launch) {
   showFieldErrors(form, []);
   try {
     const answer = await api(launch ? "/api/launch" : "/api/validate", { method: "POST", body: { config: collect(form) } });
     if (launch) {
       preview.hidden = true;
-      document.getElementById("jobs")?.scrollIntoView({ behavior: "smooth" });
+      openLog(jobs, answer.job.id);
+      await refreshJobs(jobs);
+      jobs.container.scrollIntoView({ behavior: "smooth" });
     } else {
       replace(preview, answer.yaml);
       preview.hidden = false;
@@ -247,6 +313,7 @@ function showFieldErrors(form, errors) {
       unplaced.push(text);
       continue;
     }
+    target.closest("details")?.setAttribute("open", "");
     const slot = target.querySelector(".field-error");
     slot.textContent = slot.textContent ? `${slot.textContent}; ${text}` : text;
     slot.hidden = false;
@@ -268,7 +335,8 @@ function fieldFor(form, field) {
   return form.root.querySelector(`.field[data-field="${CSS.escape(section === "method" ? "method.name" : `${section}.type`)}"]`);
 }
 
-async function uploadFile(form, input) {
+/** Upload a file into the first data root and pick it for data.<key>. */
+async function uploadFile(form, key, input) {
   const file = input.files?.[0];
   if (!file) return;
   const body = new FormData();
@@ -276,33 +344,40 @@ async function uploadFile(form, input) {
   try {
     const answer = await api("/api/upload", { method: "POST", form: body });
     form.data = await api("/api/data");
+    form.values.set(`data.${key}`, answer.path);
     drawForm(form);
-    showError(new Error(`uploaded to ${answer.path}: pick it as a data file`));
   } catch (exc) {
     showError(exc);
   }
 }
 
 // ---- the job queue -----------------------------------------------------------------------------
-async function drawJobs(container, openLog) {
-  const { jobs } = await api("/api/jobs");
-  if (!jobs.length) {
-    replace(container, el("p", { class: "muted" }, "No jobs yet: launch one above."));
-    return;
+/** Redraw the job table; append what the open log gained since the last look. */
+async function refreshJobs(jobs) {
+  const { jobs: list } = await api("/api/jobs");
+  if (!list.length) {
+    replace(jobs.table, el("p", { class: "muted" }, "No jobs yet: launch one above."));
+  } else {
+    const head = el("tr", {}, ["job", "status", "run", "progress", "created", ""].map((h) => el("th", {}, h)));
+    const rows = list.map((job) => jobRow(job, jobs));
+    replace(jobs.table, el("table", { class: "data jobs", id: "jobs-table" }, el("thead", {}, head), el("tbody", {}, rows)));
   }
-  const rows = jobs.map((job) => jobRow(job, openLog));
-  const log = openLog.id ? await logPanel(openLog) : null;
-  replace(container, el("table", { class: "data jobs", id: "jobs-table" }, el("thead", {}, el("tr", {}, ["job", "status", "run", "progress", "created", ""].map((h) => el("th", {}, h)))), el("tbody", {}, rows)), log);
+  if (jobs.open) {
+    await readLog(jobs.open).catch((exc) => {
+      if (exc instanceof ApiError && exc.status === 404) jobs.open = null; // said once, not every 2 s
+      throw exc;
+    });
+  }
 }
 
-function jobRow(job, openLog) {
+function jobRow(job, jobs) {
   const cancel = ["queued", "running"].includes(job.status)
-    ? el("button", { type: "button", class: "small", dataset: { job: job.id }, onclick: () => cancelJob(job.id) }, "Cancel")
+    ? el("button", { type: "button", class: "small", dataset: { job: job.id }, onclick: () => cancelJob(jobs, job.id) }, "Cancel")
     : null;
-  const show = el("button", { type: "button", class: "small", onclick: () => Object.assign(openLog, { id: job.id, offset: 0, text: "" }) }, "Log");
+  const show = el("button", { type: "button", class: "small", onclick: () => openLog(jobs, job.id) }, "Log");
   return el(
     "tr",
-    { dataset: { job: job.id, status: job.status } },
+    { dataset: { job: job.id, status: job.status }, class: jobs.open?.id === job.id ? "open" : null },
     el("td", {}, job.id),
     el("td", {}, badge(job.status)),
     el("td", {}, job.run_path ? el("a", { href: link("run", { path: job.run_path }) }, job.run_path) : "–"),
@@ -312,19 +387,38 @@ function jobRow(job, openLog) {
   );
 }
 
-async function cancelJob(id) {
+async function cancelJob(jobs, id) {
   try {
     await api(`/api/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+    await refreshJobs(jobs);
   } catch (exc) {
     showError(exc);
   }
 }
 
-async function logPanel(openLog) {
-  const answer = await api(`/api/jobs/${encodeURIComponent(openLog.id)}/log?${query({ offset: openLog.offset })}`);
-  openLog.text += answer.text;
-  openLog.offset = answer.offset;
-  const pre = el("pre", { class: "log", id: "job-log" }, openLog.text.slice(-20000) || "(no output yet)");
-  requestAnimationFrame(() => (pre.scrollTop = pre.scrollHeight));
-  return el("div", {}, el("h3", {}, `Log of ${openLog.id}`), pre);
+/** Show job `id`'s log below the table (read from the start, then followed). */
+function openLog(jobs, id) {
+  const pre = el("pre", { class: "log", id: "job-log" }, "(no output yet)");
+  jobs.open = { id, offset: 0, pre, busy: false };
+  replace(jobs.log, el("h3", {}, `Log of job ${id}`), pre);
+  readLog(jobs.open).catch(showError);
+}
+
+/** Append the log's new bytes (one read at a time: a poll and a click may overlap). */
+async function readLog(open) {
+  if (open.busy) return;
+  open.busy = true;
+  try {
+    const answer = await api(`/api/jobs/${encodeURIComponent(open.id)}/log?${query({ offset: open.offset })}`);
+    if (!answer.text) return;
+    const { pre } = open;
+    const following = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
+    if (!open.offset) pre.textContent = "";
+    open.offset = answer.offset;
+    pre.append(answer.text);
+    if (pre.textContent.length > 200_000) pre.textContent = pre.textContent.slice(-100_000);
+    if (following) pre.scrollTop = pre.scrollHeight;
+  } finally {
+    open.busy = false;
+  }
 }

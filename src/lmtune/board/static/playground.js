@@ -4,7 +4,7 @@
 // token by token (base and tuned side by side for adapter runs), anything else as JSON.
 
 import { api, query, showError } from "./api.js";
-import { el, fmtNumber, link, replace, section } from "./dom.js";
+import { el, fmtNumber, link, replace, section, shortModel } from "./dom.js";
 
 export async function render(params, ctx) {
   const path = params.get("path");
@@ -26,7 +26,7 @@ export async function render(params, ctx) {
   );
   const run = el("button", { type: "button", class: "primary", id: "predict" }, detail.view.render === "generation" ? "Generate" : "Predict");
   run.addEventListener("click", () => predict(detail, ctx, output));
-  ctx.root.append(section(`${detail.task} · ${detail.method} · ${detail.model}`, inputs, el("div", { class: "actions" }, run)), section("Prediction", output));
+  ctx.root.append(section(`${detail.task} · ${detail.method} · ${shortModel(String(detail.model ?? "–"))}`, inputs, el("div", { class: "actions" }, run)), section("Prediction", output));
 }
 
 function hint(view, name) {
@@ -43,9 +43,13 @@ function readInputs(detail, root) {
 }
 
 async function predict(detail, ctx, output) {
+  if (detail.view.render === "generation") {
+    const prompt = ctx.root.querySelector(`#in-${CSS.escape(detail.view.inputs[0])}`).value;
+    if (prompt.trim()) generate(detail, ctx, output, prompt);
+    return;
+  }
   const inputs = readInputs(detail, ctx.root);
   if (!inputs.length) return;
-  if (detail.view.render === "generation") return generate(detail, ctx, output, inputs.join("\n"));
   replace(output, el("p", { class: "muted" }, "Predicting…"));
   try {
     const answer = await api("/api/predict", { method: "POST", body: { path: detail.path, inputs, options: {} } });
@@ -106,12 +110,17 @@ function markedAnswer(prediction, input) {
   return el("div", { class: "prediction span" }, el("p", {}, el("strong", {}, "answer: "), answer || "–", el("span", { class: "muted small" }, ` score ${fmtNumber(score, 3)}`)), el("p", { class: "context" }, body));
 }
 
+const streams = []; // the EventSources of the generation on show
+
+/** Stream the prompt's generation from the tuned model (and the base model beside it). */
 function generate(detail, ctx, output, prompt) {
   const columns = detail.view.base_available ? ["tuned", "base"] : ["tuned"];
   const panes = Object.fromEntries(columns.map((c) => [c, el("div", { class: "generated", id: `gen-${c}` })]));
   replace(output, el("div", { class: `gen-columns cols-${columns.length}` }, columns.map((c) => el("div", {}, el("h3", {}, c === "tuned" ? "tuned" : "base model"), panes[c]))));
+  for (const stale of streams.splice(0)) stale.close(); // a new prompt ends the last one's streams
   for (const which of columns) {
     const source = new EventSource(`/api/generate?${query({ path: detail.path, prompt, model: which, max_new_tokens: 128 })}`);
+    streams.push(source);
     ctx.onDispose(() => source.close());
     source.onmessage = (event) => {
       const data = JSON.parse(event.data);

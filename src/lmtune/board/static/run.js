@@ -17,6 +17,7 @@ import {
   progressBar,
   replace,
   section,
+  shortModel,
   table,
 } from "./dom.js";
 
@@ -106,14 +107,14 @@ function header(detail) {
   const meta = [
     ["task", detail.task],
     ["method", detail.method],
-    ["model", detail.model],
+    ["model", shortModel(String(detail.model ?? "–"))],
     ["updated", fmtDate(detail.updated)],
   ];
   return el(
     "div",
     { class: "page-head run-head" },
     el("div", {}, el("h1", {}, detail.name, " ", badge(detail.status), detail.status === "running" ? progressBar(detail.progress) : null), el("div", { class: "muted small" }, detail.path)),
-    el("dl", { class: "meta" }, meta.map(([k, v]) => [el("dt", {}, k), el("dd", { title: String(v ?? "") }, display(v))])),
+    el("dl", { class: "meta" }, meta.map(([k, v]) => [el("dt", {}, k), el("dd", { title: k === "model" ? String(detail.model ?? "") : String(v ?? "") }, display(v))])),
     actions,
   );
 }
@@ -187,7 +188,9 @@ function drawCharts(view, detail) {
       continue;
     }
     drawn += 1;
-    lineChart(div, group, { title: titles[key], mode: key === "eval" ? "lines+markers" : "lines" });
+    const names = Object.keys(group);
+    const title = key === "other" && names.length === 1 ? names[0] : titles[key];
+    lineChart(div, group, { title, mode: key === "eval" ? "lines+markers" : "lines", shown: key === "eval" ? mainMetrics(detail, group) : null });
   }
   const empty = view.body.querySelector(".curves-empty");
   if (empty) empty.hidden = drawn > 0;
@@ -202,6 +205,13 @@ function drawCharts(view, detail) {
       });
     });
   }
+}
+
+/** With many eval metrics, the main one (and accuracy, loss) shown; the rest a legend click away. */
+function mainMetrics(detail, group) {
+  if (Object.keys(group).length <= 4) return null;
+  const main = new Set([detail.metric?.name, "accuracy", "loss"]);
+  return (name) => main.has(name);
 }
 
 async function showExamples(view, path, split, gold, predicted) {

@@ -2,7 +2,7 @@
 // for comparison, and the compare/sweep collections. Polls every 3 s while a run is running.
 
 import { api } from "./api.js";
-import { badge, el, fmtDate, fmtDuration, fmtMb, fmtNumber, fmtPercent, link, progressBar, replace } from "./dom.js";
+import { badge, el, fmtDate, fmtDuration, fmtMb, fmtNumber, fmtPercent, link, progressBar, replace, shortModel } from "./dom.js";
 
 const STATUSES = ["running", "complete", "failed", "interrupted"];
 
@@ -182,8 +182,7 @@ function statusCell(row) {
 
 function modelCell(row) {
   const model = String(row.model ?? "–");
-  const short = model.includes("/") && model.startsWith("/") ? model.split("/").filter(Boolean).pop() : model;
-  return el("span", { title: model }, short);
+  return el("span", { title: model }, shortModel(model));
 }
 
 function metricCell(row) {
