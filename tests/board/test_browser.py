@@ -139,6 +139,10 @@ def test_run_page_draws_curves_and_a_confusion_cell_lists_its_examples(
     assert rows.count() >= 1 and all("positive" in rows.nth(i).inner_text() for i in range(rows.count()))
     page.evaluate("document.querySelector('#confusion-test').closest('section').scrollIntoView()")
     _shot(page, "run", tmp_path)
+    page.click(".tab[data-tab='data']")
+    report = page.locator("#data-report")
+    report.wait_for()
+    assert "Data report" in report.inner_text() and "[object Object]" not in report.inner_text()
 
 
 def test_compare_marks_the_best_run_per_column(page, board_url: str, tmp_path: Path) -> None:

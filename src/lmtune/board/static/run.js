@@ -247,7 +247,7 @@ function dataTab(detail) {
   const report = detail.data_report || {};
   const predictions = detail.predictions || {};
   return [
-    section("Data report", Object.keys(report).length ? nestedTable(report, 0) : el("p", { class: "muted" }, "No data report."), { id: "data-report" }),
+    el("section", { class: "card", id: "data-report" }, el("h2", {}, "Data report"), Object.keys(report).length ? nestedTable(report, 0) : el("p", { class: "muted" }, "No data report.")),
     Object.keys(predictions).length ? section("Saved predictions", kvTable(predictions)) : null,
   ];
 }
