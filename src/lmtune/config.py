@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmtune.errors import LmtuneError
-from lmtune.training.optimizers import OPTIMIZERS, check_available
+from lmtune.training.optimizers import OPTIMIZERS, check_available, check_settings
 
 
 class _Strict(BaseModel):
@@ -353,6 +353,11 @@ class TrainConfig(_Strict):
     def _optimizer_installed(cls, value: str) -> str:
         check_available(value)
         return value
+
+    @model_validator(mode="after")
+    def _optimizer_settings(self) -> TrainConfig:
+        check_settings(self.optimizer, self.optimizer_args, self.distributed and self.distributed.strategy)
+        return self
 
     @model_validator(mode="after")
     def _check_strategies(self) -> TrainConfig:

@@ -431,7 +431,12 @@ def build_model(plan: RunPlan, prepared: PreparedRun) -> BuiltModel:
     # The starting point: the pretrained model, or with a continued adapter that adapter on it.
     baseline = measure_baseline() if plan.adapter is None else None
     method = plan.method_cls(resolved.method.options)
-    ctx = MethodContext(task=task, total_steps=prepared.total_steps, init_adapter=plan.adapter)
+    ctx = MethodContext(
+        task=task,
+        total_steps=prepared.total_steps,
+        init_adapter=plan.adapter,
+        training_batches=_training_batches(prepared),
+    )
     with MODEL_CONSTRUCTION_LOCK:
         model = method.apply(model, ctx)
     if plan.adapter is not None:
@@ -446,6 +451,21 @@ def build_model(plan: RunPlan, prepared: PreparedRun) -> BuiltModel:
     return BuiltModel(
         model, method, trainable, total, baseline, skeleton=_skeleton_if_sharded(resolved, model)
     )
+
+
+def _training_batches(prepared: PreparedRun) -> Any:
+    """`MethodContext.training_batches`: the first training rows, collated as the model's forward
+    takes them (`Task.forward_batches`); None when the train split streams from its file."""
+    train = prepared.data.splits.get("train")
+    if train is None or prepared.data.train_stream is not None:
+        return None
+    size = prepared.resolved.train.batch_size
+
+    def batches(count: int) -> list[dict[str, Any]]:
+        rows = train.select(range(min(len(train), count * size)))
+        return prepared.task.forward_batches(prepared.tokenizer, rows, size, count)
+
+    return batches
 
 
 def _skeleton_if_sharded(cfg: RunConfig, model: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from tests.conftest import fast_config
@@ -143,3 +144,76 @@ def test_unknown_or_unfit_inits_are_refused(method, init, message, tiny_bert, se
     method_section = {"name": method, "init": init}
     with pytest.raises(LmtuneError, match=message):
         RunConfig.from_dict(fast_config(tiny_bert, sentiment_files, tmp_path, method=method_section))
+
+
+# ---- EVA: A from the singular vectors of each layer's inputs on training batches -----------------
+def eva_phases(model: str, files: dict, out, **train):
+    """The run's own phases up to the adapted model (EVA runs inside `method.apply`)."""
+    from lmtune.run import build_model, plan_run, prepare
+
+    section = {"name": "lora", "init": "eva"}
+    plan = plan_run(RunConfig.from_dict(fast_config(model, files, out, method=section, train=train)), False)
+    prepared = prepare(plan)
+    return prepared, build_model(plan, prepared).model
+
+
+def test_eva_sets_a_as_peft_does_on_the_same_training_batches(tiny_bert, sentiment_files, tmp_path):
+    import copy
+
+    from peft import EvaConfig, LoraConfig, get_peft_model, initialize_lora_eva_weights
+
+    from lmtune.methods.lora import EVA_BATCHES
+    from lmtune.run import _training_batches
+
+    prepared, model = eva_phases(tiny_bert, sentiment_files, tmp_path / "eva")
+    batches = _training_batches(prepared)(EVA_BATCHES)
+    assert len(batches) == EVA_BATCHES and all("labels" not in b for b in batches)
+    base = prepared.task.build_model(tiny_bert, fresh_head=True)
+    config = LoraConfig(
+        task_type="SEQ_CLS",
+        r=8,
+        lora_alpha=16,
+        lora_dropout=0.1,
+        target_modules=["query", "value"],
+        init_lora_weights="eva",
+        eva_config=EvaConfig(),
+        modules_to_save=["classifier"],
+    )
+    reference = get_peft_model(copy.deepcopy(base), config)
+    initialize_lora_eva_weights(reference, dataloader=batches, show_progress_bar=False)
+    ours = {n: p for n, p in model.named_parameters() if "lora_A" in n}
+    theirs = {n: p for n, p in reference.named_parameters() if "lora_A" in n}
+    assert ours.keys() == theirs.keys() and ours
+    for name, weight in ours.items():
+        torch.testing.assert_close(weight, theirs[name], msg=name)
+    assert model.peft_config["default"].rank_pattern == reference.peft_config["default"].rank_pattern
+    # ... and not the default initialisation (random A of rank 8 everywhere), and B starts at zero.
+    plain = get_method_class("lora")(get_method_class("lora").Options())
+    default = plain.apply(copy.deepcopy(base), MethodContext(task=prepared.task))
+    defaults = {n: p for n, p in default.named_parameters() if "lora_A" in n}
+    assert all(w.shape != defaults[n].shape or not torch.allclose(w, defaults[n]) for n, w in ours.items())
+    assert all(not p.any() for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_an_eva_run_trains_and_saves_a_plain_lora(tiny_bert, sentiment_files, tmp_path):
+    cfg = lora_config(tiny_bert, sentiment_files, tmp_path / "eva", init="eva")
+    run = lmtune.train(cfg)
+    # EVA moves rank between layers of one rank budget (r x layers); on BERT's equally wide query and
+    # value layers the parameter count stays a rank-8 LoRA's: 2 layers x 2 x 8 x (32 + 32), + head.
+    assert run.metrics["train"]["trainable_params"] == 2 * 2 * 8 * 64 + 32 * 2 + 2
+    saved = json.loads((tmp_path / "eva" / "model" / "adapter_config.json").read_text())
+    assert saved["init_lora_weights"] is True and saved["eva_config"] is None
+    assert (
+        json.loads((tmp_path / "eva" / "train_log.jsonl").read_text().splitlines()[0]).get("loss") is not None
+    )
+    before = run.predict(TEXTS)
+    after = load_run(tmp_path / "eva").predict(TEXTS)
+    for a, b in zip(before, after, strict=True):
+        assert a["label"] == b["label"]
+        np.testing.assert_allclose(list(a["scores"].values()), list(b["scores"].values()), atol=1e-5)
+
+
+def test_eva_without_training_batches_is_refused(tiny_bert, sentiment_files, tmp_path):
+    cfg = lora_config(tiny_bert, sentiment_files, tmp_path, init="eva")
+    with pytest.raises(LmtuneError, match=r"lora init eva needs training batches.*data\.streaming"):
+        adapted(tiny_bert, cfg)

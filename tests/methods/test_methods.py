@@ -57,6 +57,14 @@ def expected_trainable(method: str, model: torch.nn.Module) -> int | None:
         return LAYERS * 2 * (256 + HIDDEN) + head
     if method == "ln-tuning":  # every LayerNorm (embeddings, and two per layer): weight and bias
         return (1 + 2 * LAYERS) * 2 * HIDDEN + head
+    if method == "oft":  # query and value: 384/32 blocks, each a 32x32 skew-symmetric triangle
+        return LAYERS * 2 * (HIDDEN // 32) * (32 * 31 // 2) + head
+    if method == "boft":  # query and value: 384/4 full 4x4 blocks and a scale per output
+        return LAYERS * 2 * (HIDDEN // 4 * 16 + HIDDEN) + head
+    if method == "loha":  # query and value: two rank-8 pairs
+        return LAYERS * 2 * 2 * 8 * (HIDDEN + HIDDEN) + head
+    if method == "lokr":  # 384 = 16 x 24: W1 16x16 in full, W2 24x24 at rank 8 (8 < 24/2)
+        return LAYERS * 2 * (16 * 16 + 8 * (24 + 24)) + head
     if method == "prompt-tuning":  # 20 virtual tokens
         return 20 * HIDDEN + head
     if method == "prefix-tuning":  # 20 keys and values per layer

@@ -37,6 +37,10 @@ NEW = (
     "adapter-pfeiffer",
     "vera",
     "ln-tuning",
+    "oft",
+    "boft",
+    "loha",
+    "lokr",
 )
 TEXTS = ["the hotel was wonderful", "this book was dreadful", "our meal was fine I guess"]
 
@@ -49,6 +53,28 @@ def layer_size(hidden: int, ffn: int) -> int:
 def bottleneck(hidden: int, factor: int = 16) -> int:
     b = hidden // factor
     return hidden * b + b + b * hidden + hidden
+
+
+def kronecker_sides(width: int) -> tuple[int, int]:
+    """LoKr's split of a width: its largest divisor up to the square root, and the cofactor."""
+    small = max(d for d in range(1, int(width**0.5) + 1) if width % d == 0)
+    return small, width // small
+
+
+def adapted_layer(method: str, d_in: int, d_out: int) -> int | None:
+    """What an OFT/BOFT/LoHa/LoKr adapter with default options trains on one d_in -> d_out linear."""
+    if method == "oft":  # d_in/32 blocks of 32, each the upper triangle of a skew-symmetric matrix
+        return d_in // 32 * (32 * 31 // 2)
+    if method == "boft":  # one butterfly factor of d_in/4 full 4x4 blocks, and a scale per output
+        return d_in // 4 * 4 * 4 + d_out
+    if method == "loha":  # two rank-8 pairs (out x 8, 8 x in)
+        return 2 * 8 * (d_in + d_out)
+    if method == "lokr":  # W1: the small sides in full; W2: the large sides, rank 8 if 8 < half of them
+        (out_small, out_large), (in_small, in_large) = kronecker_sides(d_out), kronecker_sides(d_in)
+        low_rank = max(out_large, in_large) / 2 > 8
+        large = 8 * (out_large + in_large) if low_rank else out_large * in_large
+        return out_small * in_small + large
+    return None
 
 
 def promised(method: str, hidden: int, layers: int, ffn: int, epochs: int = 3) -> int:
@@ -76,6 +102,9 @@ def promised(method: str, hidden: int, layers: int, ffn: int, epochs: int = 3) -
         return layers * 2 * (256 + hidden) + head
     if method == "ln-tuning":  # the norms only (the pooler stays frozen)
         return norms + head
+    per_layer = adapted_layer(method, hidden, hidden)
+    if per_layer is not None:  # on query and value of every layer
+        return layers * 2 * per_layer + head
     raise AssertionError(method)
 
 
@@ -370,3 +399,105 @@ def test_new_peft_methods_tune_a_decoder(method, tiny_llama, tmp_path):
     trainable = run.metrics["train"]["trainable_params"]
     assert 0 < trainable < run.metrics["train"]["total_params"] / 10
     assert isinstance(run.predict(["Say hi."], options={"max_new_tokens": 3})[0]["generation"], str)
+
+
+# ---- orthogonal (oft, boft) and LyCORIS (loha, lokr) adapters ------------------------------------
+ROTATIONS_AND_LYCORIS = ("oft", "boft", "loha", "lokr")
+
+
+@pytest.mark.parametrize("method", ROTATIONS_AND_LYCORIS)
+def test_adapters_on_a_llama_decoder_train_the_formula(method, tiny_bert, sentiment_files, tmp_path):
+    """q_proj (32 -> 32) and v_proj (32 -> 16: one key/value head of 16) of both layers, plus the
+    score head; the unequal widths check the formulas' in/out sides."""
+    _, _, task = build(tiny_bert, sentiment_files, tmp_path, method)
+    adapted = tiny_llama()
+    get_method_class(method)(get_method_class(method).Options()).apply(adapted, MethodContext(task=task))
+    trainable, _ = count_parameters(adapted)
+    assert trainable == L * (adapted_layer(method, H, H) + adapted_layer(method, H, H // 2)) + H * LABELS
+
+
+@pytest.mark.parametrize("method", ROTATIONS_AND_LYCORIS)
+def test_adapters_start_as_the_base_and_merge_into_it(method, tiny_bert, sentiment_files, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    instance, adapted, _ = build(tiny_bert, sentiment_files, tmp_path, method)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=LABELS).eval()
+    base.classifier.load_state_dict(
+        adapted.base_model.model.classifier.modules_to_save["default"].state_dict()
+    )
+    adapted.eval()
+    ids = torch.tensor([[101, 2023, 2338, 2001, 6919, 102]])
+    with torch.no_grad():
+        assert torch.equal(adapted(input_ids=ids).logits, base(input_ids=ids).logits)
+        torch.manual_seed(1)
+        for name, param in adapted.named_parameters():
+            if param.requires_grad and "modules_to_save" not in name:
+                param.add_(0.3 * torch.randn_like(param))
+        moved = adapted(input_ids=ids).logits
+        assert not torch.allclose(moved, base(input_ids=ids).logits)
+        merged = instance.merged(adapted)
+        adapter_names = ("oft_", "boft_", "hada_", "lokr_")
+        assert not any(part in n for n, _ in merged.named_parameters() for part in adapter_names)
+        torch.testing.assert_close(merged(input_ids=ids).logits, moved, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "message"),
+    [
+        ("oft", {"r": 2, "block_size": 16}, "set r .* or block_size, not both"),
+        ("boft", {"block_size": 4, "block_num": 8}, "set block_size or block_num, not both"),
+        ("oft", {"block_size": 1}, "greater than or equal to 2"),
+        ("lokr", {"decompose_factor": 0}, "decompose_factor must be -1"),
+    ],
+)
+def test_exclusive_block_options_are_refused(method, options, message, tiny_bert, sentiment_files, tmp_path):
+    with pytest.raises(LmtuneError, match=message):
+        make_cfg(tiny_bert, sentiment_files, tmp_path, method, options)
+
+
+@pytest.mark.parametrize(("method", "options"), [("oft", {"r": 4}), ("boft", {"block_num": 4})])
+def test_blocks_can_be_set_by_their_number(method, options, tiny_bert, sentiment_files, tmp_path):
+    """r / block_num blocks per 32-wide layer: blocks of 8, whichever way they are set."""
+    _, model, _ = build(tiny_bert, sentiment_files, tmp_path, method, options=options)
+    trainable, _ = count_parameters(model)
+    per_layer = 4 * (8 * 7 // 2) if method == "oft" else 4 * 8 * 8 + H
+    assert trainable == L * 2 * per_layer + HEAD
+
+
+def test_boft_butterfly_factors_need_the_cuda_kernel(tiny_bert, sentiment_files, tmp_path, monkeypatch):
+    """Without peft's fbd_cuda extension peft would train 1 factor and save a config naming 2."""
+    import peft.tuners.boft.layer as boft_layer
+
+    monkeypatch.setattr(boft_layer, "get_fbd_cuda", lambda: None)
+    with pytest.raises(LmtuneError, match="n_butterfly_factor 2 needs peft's CUDA extension fbd_cuda"):
+        build(tiny_bert, sentiment_files, tmp_path, "boft", options={"n_butterfly_factor": 2})
+    # ... and an adapter saved with 2 factors elsewhere is refused, not loaded with 1.
+    instance, model, task = build(tiny_bert, sentiment_files, tmp_path, "boft")
+    instance.save(model, tmp_path / "saved")
+    config_file = tmp_path / "saved" / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "boft_n_butterfly_factor": 2}))
+    with pytest.raises(LmtuneError, match="n_butterfly_factor 2 needs"):
+        instance.load(tmp_path / "saved", lambda path: task.build_model(tiny_bert, fresh_head=False))
+
+
+@pytest.mark.parametrize("method", ROTATIONS_AND_LYCORIS)
+def test_adapters_tune_the_shared_encoder_of_a_multi_task_run(method, tiny_bert, tmp_path):
+    """They declare "multi-task": one adapter on the encoder both sub-tasks' heads read."""
+    from tests.conftest import separable_rows, write_csv
+    from tests.tasks.test_multi_task import mt_config
+    from tests.tasks.test_token_classification import synthetic_ner, write_conll
+
+    files = {
+        "s_train": write_csv(tmp_path / "s_train.csv", separable_rows(32, 1)),
+        "s_dev": write_csv(tmp_path / "s_dev.csv", separable_rows(8, 2)),
+        "s_test": write_csv(tmp_path / "s_test.csv", separable_rows(8, 3)),
+        "n_train": write_conll(tmp_path / "n_train.conll", synthetic_ner(32, 11)),
+        "n_dev": write_conll(tmp_path / "n_dev.conll", synthetic_ner(8, 12)),
+        "n_test": write_conll(tmp_path / "n_test.conll", synthetic_ner(8, 13)),
+    }
+    raw = mt_config(tiny_bert, files, tmp_path / "run", method={"name": method})
+    run = lmtune.train(RunConfig.from_dict(raw))
+    stats = run.metrics["train"]
+    assert 0 < stats["trainable_params"] < stats["total_params"] / 5
+    texts = ["the film was awful", "Alice works at Google in Paris ."]
+    assert lmtune.load_run(run.directory).predict(texts) == run.predict(texts)

@@ -35,6 +35,10 @@ class MethodContext:
     # A saved adapter to go on training (model.from_run: continue); methods that declare
     # "peft-adapter" load it instead of starting a new one.
     init_adapter: str | None = None
+    # `count` batches of training rows as the model's forward takes them (collated, no labels), for
+    # initialisations computed from data (LoRA's EVA); None where the run has none in memory
+    # (data.streaming) or there is no run.
+    training_batches: Callable[[int], list[dict[str, Any]]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

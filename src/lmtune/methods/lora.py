@@ -1,7 +1,11 @@
 """LoRA (Hu et al., 2021) through peft: low-rank updates on chosen linear layers.
 
 Options beyond the rank: peft's initialisations (Gaussian; PiSSA and its fast randomised SVD;
-OLoRA), rank-stabilised scaling, and LoRA+ (the B matrices learn faster than the A matrices).
+OLoRA; EVA), rank-stabilised scaling, and LoRA+ (the B matrices learn faster than the A matrices).
+EVA (Paischer et al., 2024) sets each A from the top right-singular vectors of the layer's inputs
+on a few training batches (`MethodContext.training_batches`) and moves rank to the layers whose
+inputs those vectors explain best; B starts at zero, so the run starts from the base model's
+outputs, and it saves as the plain LoRA it then is (with the ranks EVA chose).
 PiSSA and OLoRA move the adapter's initial product out of the base weights (the base becomes a
 residual). Saved as trained, the adapter would make peft redo that on every load, rewriting the
 base that a server shares with other adapters (and `base=none` serves), and a randomised SVD
@@ -14,17 +18,22 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
+from lmtune.errors import LmtuneError
 from lmtune.methods.base import MethodContext
 from lmtune.methods.peft_base import PeftMethod, default_target_modules
 
 # Initialisations that change the base weights (peft subtracts the adapter's start from them).
 _RESIDUAL_INITS = re.compile(r"^(pissa(_niter_\d+)?|olora)$")
+# EVA's SVD runs over this many training batches, cycled until its components converge; changing
+# it would change what a run with init eva computes, so it is not an option (nor is peft's rho).
+EVA_BATCHES = 16
 
 
 class LoraOptions(BaseModel):
@@ -41,7 +50,8 @@ class LoraOptions(BaseModel):
         default="default",
         description="Adapter initialisation: default (A random, B zero), gaussian, pissa (A and B from the "
         "weight's top singular vectors; pissa_niter_N: fast randomised SVD with N iterations), olora "
-        "(QR of the weight). pissa and olora start from the same outputs as the base model.",
+        "(QR of the weight), eva (A from the top singular vectors of each layer's inputs on training "
+        "batches, ranks redistributed). pissa, olora and eva start from the same outputs as the base model.",
     )
     loraplus_lr_ratio: float | None = Field(
         default=None,
@@ -53,10 +63,11 @@ class LoraOptions(BaseModel):
     @field_validator("init")
     @classmethod
     def _known_init(cls, value: str) -> str:
-        if value in ("default", "gaussian") or _RESIDUAL_INITS.match(value):
+        if value in ("default", "gaussian", "eva") or _RESIDUAL_INITS.match(value):
             return value
         raise ValueError(
-            f"init {value!r}: expected default, gaussian, pissa, pissa_niter_N (e.g. pissa_niter_4) or olora"
+            f"init {value!r}: expected default, gaussian, pissa, pissa_niter_N (e.g. pissa_niter_4), "
+            "olora or eva"
         )
 
 
@@ -72,7 +83,7 @@ class LoraMethod(PeftMethod, capabilities={"fixed-trainable-set", "mergeable", "
         self._initial_adapter: dict[str, Any] | None = None  # PiSSA/OLoRA: the adapter's start
 
     def peft_config(self, model: nn.Module, ctx: MethodContext, modules_to_save: list[str]) -> Any:
-        from peft import LoraConfig
+        from peft import EvaConfig, LoraConfig
 
         opts: LoraOptions = self.options  # type: ignore[assignment]
         return LoraConfig(
@@ -85,6 +96,7 @@ class LoraMethod(PeftMethod, capabilities={"fixed-trainable-set", "mergeable", "
             use_rslora=opts.use_rslora,
             use_dora=self.use_dora,
             init_lora_weights=True if opts.init == "default" else opts.init,
+            eva_config=EvaConfig() if opts.init == "eva" else None,  # peft's rho 2, tau 0.99
             modules_to_save=modules_to_save or None,
         )
 
@@ -95,7 +107,12 @@ class LoraMethod(PeftMethod, capabilities={"fixed-trainable-set", "mergeable", "
     def apply(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         from peft import get_peft_model_state_dict
 
-        adapted = super().apply(model, ctx)
+        with warnings.catch_warnings():
+            # peft's hint for its own callers (low_cpu_mem_usage with EVA) names no lmtune setting.
+            warnings.filterwarnings("ignore", message="lora with eva initialization used with low_cpu_mem")
+            adapted = super().apply(model, ctx)
+        if self.options.init == "eva" and ctx.init_adapter is None:  # type: ignore[attr-defined]
+            initialize_eva(adapted, ctx, EVA_BATCHES)
         if self.moves_base_weights and ctx.init_adapter is None:
             state = get_peft_model_state_dict(adapted)
             self._initial_adapter = {k: v.detach().clone() for k, v in state.items() if ".lora_" in k}
@@ -105,6 +122,12 @@ class LoraMethod(PeftMethod, capabilities={"fixed-trainable-set", "mergeable", "
         super().save(model, directory)
         if self._initial_adapter is not None:
             save_on_untouched_base(model, Path(directory), self._initial_adapter)
+        if self.options.init == "eva":  # type: ignore[attr-defined]
+            # EVA's A matrices are in the weights; a loader must not ask for training batches again.
+            config_file = Path(directory) / "adapter_config.json"
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+            config.update(init_lora_weights=True, eva_config=None)
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     def optimizer(self, model: nn.Module, optimizer_cls: type, kwargs: dict[str, Any]) -> Any:
         """LoRA+: peft's optimizer with the B matrices in their own, faster parameter group."""
@@ -117,6 +140,26 @@ class LoraMethod(PeftMethod, capabilities={"fixed-trainable-set", "mergeable", "
         return create_loraplus_optimizer(
             model, optimizer_cls, lr=settings.pop("lr"), loraplus_lr_ratio=ratio, **settings
         )
+
+
+def initialize_eva(model: nn.Module, ctx: MethodContext, count: int) -> None:
+    """peft's EVA initialisation of `model`'s LoRA layers on `count` of the run's training batches."""
+    from peft.tuners.lora import initialize_lora_eva_weights
+
+    if ctx.training_batches is None:
+        raise LmtuneError(
+            "lora init eva needs training batches, and this run has none in memory (data.streaming)",
+            hint="use another init, or read the training data into memory (data.streaming: false)",
+        )
+    batches = ctx.training_batches(count)
+    try:
+        initialize_lora_eva_weights(model, dataloader=batches, show_progress_bar=False)
+    except (ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise LmtuneError(
+            f"lora init eva failed on {model.__class__.__name__}: {first[:300]}",
+            hint="use another init (e.g. default)",
+        ) from None
 
 
 def save_on_untouched_base(model: nn.Module, directory: Path, initial: dict[str, Any]) -> None:

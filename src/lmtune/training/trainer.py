@@ -21,6 +21,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 from lmtune.config import RunConfig
 from lmtune.tasks.base import resolve_precision
 from lmtune.training import attention, chunked_ce, distributed, fast_dropout
+from lmtune.training.optimizers import builder as optimizer_builder
 from lmtune.training.optimizers import trainer_arguments as optimizer_arguments
 
 # The fused AdamW (one kernel over all parameters, CPU and GPU since torch 2.4) is Trainer's own
@@ -177,9 +178,20 @@ class LmtuneTrainer(Trainer):
     real_tokens = 0
     padded_tokens = 0
 
-    def __init__(self, *args: Any, task: Any = None, method: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        task: Any = None,
+        method: Any = None,
+        train_optimizer: tuple[str, dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.method = method
+        # (train.optimizer, train.optimizer_args) where lmtune builds that optimizer itself (Muon).
+        chosen = train_optimizer
+        self.own_optimizer = chosen if chosen is not None and optimizer_builder(chosen[0]) else None
+        self.task_head_names: tuple[str, ...] = tuple(getattr(task, "head_names", ()) or ())
         # Trainer takes any model whose forward accepts **kwargs for one that normalises its loss by
         # `num_items_in_batch`, and multiplies the loss by the number of processes to undo DDP's
         # gradient averaging. Encoder heads (sequence/token classification, QA) return a plain mean,
@@ -214,12 +226,36 @@ class LmtuneTrainer(Trainer):
             return super()._prepare_for_training(*args, **kwargs)
 
     def create_optimizer(self, model: Any = None) -> Any:
-        """The method's optimizer where it brings one (LoRA+), else the Trainer's."""
-        if self.optimizer is None and self.method is not None:
+        """The method's optimizer where it brings one (LoRA+), else lmtune's own for `train.optimizer`
+        where lmtune builds it (Muon beside the Trainer's AdamW), else the Trainer's."""
+        if self.optimizer is None and (self.method is not None or self.own_optimizer is not None):
             target = self.model if model is None else model
             optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, target)
-            self.optimizer = self.method.optimizer(target, optimizer_cls, kwargs)
+            if self.method is not None:
+                self.optimizer = self.method.optimizer(target, optimizer_cls, kwargs)
+            if self.own_optimizer is not None:
+                self.optimizer = self._own_optimizer(target, optimizer_cls, kwargs)
         return super().create_optimizer(model) if self.optimizer is None else self.optimizer
+
+    def _own_optimizer(self, model: Any, adamw_cls: type, kwargs: dict[str, Any]) -> Any:
+        from lmtune.errors import LmtuneError
+
+        name, arguments = self.own_optimizer  # type: ignore[misc]
+        if self.optimizer is not None:  # the method built its own just now
+            raise LmtuneError(
+                f"method '{self.method.name}' builds its own optimizer with these options (e.g. LoRA+'s "
+                f"parameter groups), which train.optimizer {name} cannot be combined with",
+                hint="drop the method's optimizer option, or set train.optimizer to adamw",
+            )
+        return optimizer_builder(name)(
+            model,
+            adamw_cls,
+            kwargs,
+            arguments=arguments,
+            weight_decay=self.args.weight_decay,
+            decay_names=set(self.get_decay_parameter_names(model)),
+            head_names=self.task_head_names,
+        )
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         """Trainer.train with the model's attention on lmtune's route for its duration."""
@@ -407,6 +443,7 @@ def build_trainer(
             callbacks=callbacks,
             task=task,
             method=method or get_method_class(cfg.method.name)(cfg.method.options),
+            train_optimizer=(cfg.train.optimizer, dict(cfg.train.optimizer_args)),
         )
 
 
