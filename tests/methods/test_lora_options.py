@@ -138,6 +138,7 @@ def test_loraplus_trains_end_to_end(tiny_bert, sentiment_files, tmp_path):
         ("lora", "svd", "init 'svd': expected default, gaussian, pissa"),
         ("lora", "pissa_niter_x", "expected default"),
         ("qlora", "pissa", "rewrites the base weights, which qlora holds in 4 bits"),
+        ("lora", "loftq", "use method qlora"),
     ],
 )
 def test_unknown_or_unfit_inits_are_refused(method, init, message, tiny_bert, sentiment_files, tmp_path):

@@ -141,3 +141,74 @@ def test_export_merges_a_qlora_run_and_reports_both_rows(minilm_path, sentiment_
         [[p["scores"][label] for label in ("negative", "positive")] for p in run.predict(texts)]
     )
     assert torch.allclose(plain, four_bit, atol=0.02), (plain, four_bit)
+
+
+# ---- LoftQ: the adapter starts at each layer's quantization error ----------------------------------
+def qlora_model(model_path: str, files: dict, out, init: str) -> torch.nn.Module:
+    """MiniLM's classifier with qlora applied at `init` (fp32 compute, so only NF4 errs)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from lmtune.config import RunConfig
+    from lmtune.methods import get_method_class
+    from lmtune.methods.base import MethodContext
+    from lmtune.tasks import get_task_class
+
+    method_section = {"name": "qlora", "init": init, "compute_dtype": "fp32"}
+    cfg = RunConfig.from_dict(fast_config(model_path, files, out, method=method_section))
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2).eval()
+    method = get_method_class("qlora")(cfg.method.options)
+    return method.apply(model, MethodContext(task=get_task_class("classification")(cfg))).eval()
+
+
+def test_loftq_offsets_each_layers_quantization_error(minilm_path, sentiment_files, tmp_path):
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModel
+
+    reference = AutoModel.from_pretrained(minilm_path).eval()
+    default = qlora_model(minilm_path, sentiment_files, tmp_path / "d", "default")
+    loftq = qlora_model(minilm_path, sentiment_files, tmp_path / "l", "loftq")
+    import bitsandbytes as bnb
+
+    checked = 0
+    for path, module in loftq.named_modules():
+        if not isinstance(module, LoraLayer) or not isinstance(module.base_layer, bnb.nn.Linear4bit):
+            continue
+        base = module.base_layer
+        weight = reference.get_submodule(path.split("base_model.model.bert.", 1)[1]).weight
+        quantized = bnb.functional.dequantize_4bit(base.weight.data, base.weight.quant_state)
+        update = module.scaling["default"] * module.lora_B["default"].weight @ module.lora_A["default"].weight
+        error = weight - quantized
+        # The update is the best rank-8 approximation of the error (Eckart-Young): the rest of
+        # the error is exactly the part its singular values beyond the 8th carry.
+        singular = torch.linalg.svdvals(error)
+        torch.testing.assert_close(
+            torch.linalg.norm(error - update), singular[8:].square().sum().sqrt(), rtol=1e-3, atol=1e-5
+        )
+        checked += 1
+    assert checked == 6 * 6  # every 4-bit linear layer of the 6 blocks
+    ids = torch.randint(1000, 3000, (4, 12))
+    with torch.no_grad():
+        expected = reference(input_ids=ids).last_hidden_state
+        drift = {
+            name: (m.base_model.model.bert(input_ids=ids).last_hidden_state - expected).norm()
+            for name, m in (("default", default), ("loftq", loftq))
+        }
+    assert drift["loftq"] < drift["default"], drift  # starts closer to the full-precision model
+
+
+def test_a_loftq_run_trains_and_reloads_identically(tiny_bert, sentiment_files, tmp_path):
+    import lmtune
+    from lmtune.config import RunConfig
+    from lmtune.run import load_run
+
+    section = {"name": "qlora", "init": "loftq", "r": 4, "compute_dtype": "fp32"}
+    out = tmp_path / "run"
+    run = lmtune.train(RunConfig.from_dict(fast_config(tiny_bert, sentiment_files, out, method=section)))
+    texts = ["the film was great", "this phone was awful"]
+    saved = json.loads((out / "model" / "adapter_config.json").read_text())
+    assert saved["init_lora_weights"] is True  # loading quantizes the base again and takes the factors
+    first, second = run.predict(texts), load_run(out).predict(texts)
+    for a, b in zip(first, second, strict=True):
+        assert a["label"] == b["label"]
+        assert list(a["scores"].values()) == pytest.approx(list(b["scores"].values()), abs=1e-5)

@@ -65,6 +65,8 @@ class LoraOptions(BaseModel):
     def _known_init(cls, value: str) -> str:
         if value in ("default", "gaussian", "eva") or _RESIDUAL_INITS.match(value):
             return value
+        if value == "loftq":
+            raise ValueError("init 'loftq' offsets a 4-bit base's quantization error: use method qlora")
         raise ValueError(
             f"init {value!r}: expected default, gaussian, pissa, pissa_niter_N (e.g. pissa_niter_4), "
             "olora or eva"
@@ -95,10 +97,15 @@ class LoraMethod(PeftMethod, capabilities={"fixed-trainable-set", "mergeable", "
             bias=opts.bias,
             use_rslora=opts.use_rslora,
             use_dora=self.use_dora,
-            init_lora_weights=True if opts.init == "default" else opts.init,
+            init_lora_weights=self.peft_init(),
             eva_config=EvaConfig() if opts.init == "eva" else None,  # peft's rho 2, tau 0.99
             modules_to_save=modules_to_save or None,
         )
+
+    def peft_init(self) -> bool | str:
+        """peft's `init_lora_weights` for the configured init."""
+        init = self.options.init  # type: ignore[attr-defined]
+        return True if init == "default" else init
 
     @property
     def moves_base_weights(self) -> bool:

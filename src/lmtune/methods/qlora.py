@@ -13,6 +13,7 @@ full-precision model passes through CPU memory once while loading. bitsandbytes 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -39,13 +40,20 @@ class QloraOptions(LoraOptions):
         default="bf16", description="Precision the 4-bit layers compute in."
     )
 
+    init: str = Field(
+        default="default",
+        description="Adapter initialisation: default (A random, B zero), gaussian, or loftq (A and B from "
+        "the SVD of each layer's quantization error, so the 4-bit model starts closer to the "
+        "full-precision one; LoftQ, Li et al., 2023).",
+    )
+
     @field_validator("init")
     @classmethod
-    def _base_stays_quantized(cls, value: str) -> str:
-        if value not in ("default", "gaussian"):
+    def _known_init(cls, value: str) -> str:  # replaces LoRA's list: the base stays quantized
+        if value not in ("default", "gaussian", "loftq"):
             raise ValueError(
                 f"init {value!r} rewrites the base weights, which qlora holds in 4 bits (the residual "
-                "would be quantized again); use init default or gaussian, or method lora"
+                "would be quantized again); use init default, gaussian or loftq, or method lora"
             )
         return value
 
@@ -61,8 +69,14 @@ def _bitsandbytes() -> Any:
     return bitsandbytes
 
 
-def quantize_linear_layers(model: nn.Module, options: QloraOptions, keep: tuple[str, ...]) -> int:
-    """Replace every `nn.Linear` outside `keep` by a 4-bit `Linear4bit` with the same weights."""
+QuantizedHook = Callable[[str, torch.Tensor, nn.Module], None]
+
+
+def quantize_linear_layers(
+    model: nn.Module, options: QloraOptions, keep: tuple[str, ...], on_quantized: QuantizedHook | None = None
+) -> int:
+    """Replace every `nn.Linear` outside `keep` by a 4-bit `Linear4bit` with the same weights;
+    `on_quantized(path, full_precision_weight, layer)` sees each one as it is replaced."""
     bnb = _bitsandbytes()
     replaced = 0
     for parent_name, parent in list(model.named_modules()):
@@ -94,7 +108,10 @@ def quantize_linear_layers(model: nn.Module, options: QloraOptions, keep: tuple[
             # bf16; training after an evaluation unpacks them again, not exactly. The base then
             # drifts with every evaluation and a reloaded run predicts differently (1e-4).
             layer.support_avx512bf16_for_cpu = False
-            setattr(parent, name, layer.to(device))  # moving a Params4bit quantizes it
+            layer = layer.to(device)  # moving a Params4bit quantizes it
+            if on_quantized is not None:
+                on_quantized(path, weight, layer)
+            setattr(parent, name, layer)
             replaced += 1
     return replaced
 
@@ -120,23 +137,86 @@ def dequantize_linear_layers(model: nn.Module) -> int:
     return replaced
 
 
+@torch.no_grad()
+def quantization_error_factors(
+    weight: torch.Tensor, layer: nn.Module, rank: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, R) with L @ R the best rank-`rank` approximation of weight - dequantized(layer.weight).
+
+    This is LoftQ's one-shot form (peft's `replace_lora_weights_loftq`): the base keeps the 4-bit
+    weights that loading builds again from the checkpoint, so the alternating form, which
+    re-quantizes W - B A, would train on a base that a reloaded run does not have."""
+    bnb = _bitsandbytes()
+    dequantized = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+    error = weight.to(torch.float32) - dequantized.to(torch.float32).reshape(weight.shape)
+    u, s, vh = torch.linalg.svd(error, full_matrices=False)
+    root = s[:rank].sqrt()
+    return u[:, :rank] * root, root[:, None] * vh[:rank]
+
+
+@torch.no_grad()
+def set_loftq_factors(model: nn.Module, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> int:
+    """Start each LoRA layer over a 4-bit base at its quantization error: scaling * B @ A = L @ R.
+
+    peft's LoftQ assigns B = L and A = R whatever the scaling, which is exact only at alpha = r;
+    dividing both by sqrt(scaling) keeps the default alpha = 2r exact too."""
+    from peft.tuners.lora import LoraLayer
+
+    set_count = 0
+    for path, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        base_path = path.split("base_model.model.", 1)[-1]
+        if base_path not in factors:
+            continue
+        left, right = factors[base_path]
+        for adapter in module.lora_A:
+            root = module.scaling[adapter] ** 0.5
+            a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+            a.copy_((right / root).to(a.dtype))
+            b.copy_((left / root).to(b.dtype))
+        set_count += 1
+    if set_count == 0:
+        raise LmtuneError("qlora init loftq found no LoRA layer over a 4-bit layer to initialise")
+    return set_count
+
+
 class QloraMethod(LoraMethod, capabilities={"fixed-trainable-set", "peft-adapter", "mergeable"}):
     name: ClassVar[str] = "qlora"
     description: ClassVar[str] = "LoRA on a 4-bit NF4 base via bitsandbytes (about 1/8 of the base memory)."
     Options = QloraOptions
     default_learning_rate: ClassVar[float] = 1e-3
 
-    def _quantize(self, model: nn.Module, head_names: tuple[str, ...]) -> None:
+    def peft_init(self) -> bool | str:
+        # LoftQ's factors are set after peft wraps the 4-bit layers (`set_loftq_factors`): peft's
+        # own loftq init quantizes again on CUDA, and its one-shot variant reads the weights from
+        # the checkpoint files on CUDA too; here they come from the weights being quantized.
+        return True if self.options.init == "loftq" else super().peft_init()  # type: ignore[attr-defined]
+
+    def _quantize(
+        self, model: nn.Module, head_names: tuple[str, ...], on_quantized: QuantizedHook | None = None
+    ) -> None:
         options: QloraOptions = self.options  # type: ignore[assignment]
-        if quantize_linear_layers(model, options, KEEP_FULL_PRECISION + head_names) == 0:
+        if quantize_linear_layers(model, options, KEEP_FULL_PRECISION + head_names, on_quantized) == 0:
             raise LmtuneError(
                 f"method 'qlora' found no linear layer to quantize in {model.__class__.__name__}",
                 hint="use lora for this model",
             )
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
-        self._quantize(model, ctx.task.head_names + ctx.task.peft_head_names)
-        return super().apply(model, ctx)
+        options: QloraOptions = self.options  # type: ignore[assignment]
+        factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        loftq = options.init == "loftq" and ctx.init_adapter is None
+
+        def low_rank_error(path: str, weight: torch.Tensor, layer: nn.Module) -> None:
+            factors[path] = quantization_error_factors(weight, layer, options.r)
+
+        heads = ctx.task.head_names + ctx.task.peft_head_names
+        self._quantize(model, heads, low_rank_error if loftq else None)
+        adapted = super().apply(model, ctx)
+        if loftq:
+            set_loftq_factors(adapted, factors)
+        return adapted
 
     def load(self, directory: Path, build: ModelBuilder) -> nn.Module:
         from peft import PeftConfig, PeftModel
