@@ -629,7 +629,13 @@ def compare(
     ] = "runs/compare",
     epochs: EpochsFlag = None,
     per_method_sweep: Annotated[
-        int | None, typer.Option(min=1, help="Per method, sweep the learning rate over N trials.")
+        int | None,
+        typer.Option(
+            "--lr-sweep",
+            "--per-method-sweep",
+            min=1,
+            help="Per method, sweep the learning rate over N trials on validation first.",
+        ),
     ] = None,
     across: Annotated[
         str | None,
@@ -639,8 +645,18 @@ def compare(
     ] = None,
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per method; the table shows mean ± std.")] = 1,
     steps: Annotated[
-        int | None, typer.Option(min=1, help="The same optimizer steps for every method (train.max_steps).")
+        int | None, typer.Option(min=1, help="The same optimizer steps for every method (= steps:N).")
     ] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            help="Every method's budget: steps:N (optimizer steps), time:SECONDS (training time), "
+            "early-stopping[:MAX_EPOCHS] (until validation stops improving); default: the epochs."
+        ),
+    ] = None,
+    latency: Annotated[
+        bool, typer.Option(help="Time each model's batch-1 forward, unmerged and merged.")
+    ] = True,
     set_: SetConfigFlag = None,
 ) -> None:
     """Train several methods on the same data and budget; table, Pareto plot and recommendation."""
@@ -649,7 +665,9 @@ def compare(
     raw = _raw_config(config, _run_flags(model, task, train_file, validation, test, epochs), set_)
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     _quiet_libraries()
-    result = run_compare(raw, chosen, output_dir, per_method_sweep, _across(across), seeds, steps)
+    result = run_compare(
+        raw, chosen, output_dir, per_method_sweep, _across(across), seeds, steps, budget, latency
+    )
     _print_markdown(Path(output_dir) / "comparison.md")
     if not result["recommendation"]:
         raise LmtuneError("no method finished", hint=f"see the reasons in {output_dir}/comparison.md")

@@ -277,6 +277,12 @@ class TrainConfig(_Strict):
     max_steps: int | None = Field(
         default=None, gt=0, description="Stop after this many steps (overrides epochs)."
     )
+    max_time_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Stop after this much training time in seconds (evaluating and saving then); the "
+        "schedule still spans epochs/max_steps, so the learning rate has not decayed to zero.",
+    )
     batch_size: int = Field(default=16, ge=1, description="Per-device training batch size.")
     eval_batch_size: int | None = Field(default=None, ge=1, description="Evaluation batch size (default 2x).")
     learning_rate: float | None = Field(

@@ -536,12 +536,13 @@ def fit_model(
 ) -> FitResult:
     """Train (resuming from the newest intact checkpoint), then gather the full weights."""
     from lmtune.training import distributed
-    from lmtune.training.callbacks import JsonlLogCallback, NanGuardCallback
+    from lmtune.training.callbacks import JsonlLogCallback, NanGuardCallback, TimeBudgetCallback
     from lmtune.training.checkpoints import CheckpointSealCallback, remove_unusable
     from lmtune.training.trainer import build_trainer
 
     out, t = plan.out, prepared.resolved.train
     nan_guard = NanGuardCallback(t.on_nan)
+    budget = [TimeBudgetCallback(t.max_time_s, t.eval_strategy != "no")] if t.max_time_s else []
     trainer = build_trainer(
         prepared.resolved,
         out,
@@ -554,6 +555,7 @@ def fit_model(
             JsonlLogCallback(out / "train_log.jsonl"),
             nan_guard,
             CheckpointSealCallback(t.save_total_limit, fingerprint(plan.cfg)),
+            *budget,
             *built.method.callbacks(),
             *callbacks,
         ],

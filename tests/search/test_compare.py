@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 from tests.conftest import fast_config
 
-from lmtune.search.compare import compare, recommend
+from lmtune.config import RunConfig
+from lmtune.errors import LmtuneError
+from lmtune.search.compare import EARLY_STOPPING_MAX_EPOCHS, compare, parse_budget, recommend
 
 
 def test_recommendation_from_numbers() -> None:
@@ -57,6 +59,10 @@ def test_compare_three_methods(tiny_bert: str, sentiment_files: dict, tmp_path: 
         assert row["status"] == "ok", row
         assert row["trainable_params"] > 0 and row["size_on_disk_mb"] > 0 and row["peak_rss_mb"] > 0
         assert row["learning_rate"] > 0 and Path(row["run_dir"]).name == name
+        assert row["latency_ms"] > 0 and row["epochs"] == 1
+    # LoRA's adapter merges into the base; BitFit and the adapters change no separate weights.
+    assert rows["lora"]["merged_latency_ms"] > 0
+    assert rows["bitfit"]["merged_latency_ms"] is None
     assert len({r["trainable_params"] for r in rows.values()}) == 3  # each method trains its own share
     with open(out / "comparison.csv", encoding="utf-8") as fh:
         assert [r["method"] for r in csv.DictReader(fh)] == ["lora", "bitfit", "adapter-pfeiffer"]
@@ -99,6 +105,42 @@ def test_seeds_and_equal_steps(tiny_bert: str, sentiment_files: dict, tmp_path: 
         assert row["metric_std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
     table = (out / "comparison.md").read_text()
     assert " ± " in table and "| converged |" in table
+
+
+@pytest.mark.parametrize(
+    ("budget", "expected"),
+    [
+        ("steps:300", {"kind": "steps", "value": 300}),
+        ("time:90", {"kind": "time", "value": 90.0}),
+        ("early-stopping", {"kind": "early-stopping", "value": EARLY_STOPPING_MAX_EPOCHS}),
+        ("early-stopping:8", {"kind": "early-stopping", "value": 8}),
+        (None, None),
+    ],
+)
+def test_budgets_parse(budget, expected) -> None:
+    assert parse_budget(budget) == expected
+
+
+@pytest.mark.parametrize("budget", ["steps:0", "steps:x", "time:-1", "epochs:3", "early-stopping:0"])
+def test_bad_budgets_are_refused_with_the_forms_that_work(budget) -> None:
+    with pytest.raises(LmtuneError, match="expected steps:N, time:SECONDS or early-stopping"):
+        parse_budget(budget)
+
+
+def test_time_and_early_stopping_budgets(tiny_bert: str, sentiment_files: dict, tmp_path: Path) -> None:
+    raw = fast_config(tiny_bert, sentiment_files, tmp_path / "unused", train={"epochs": 1})
+    raw["data"]["max_length"] = 16
+    timed = compare(raw, ["lora"], tmp_path / "timed", budget="time:0.000001", latency=False)
+    row = timed["rows"][0]
+    assert row["status"] == "ok" and "latency_ms" not in row
+    assert json.loads((Path(row["run_dir"]) / "metrics.json").read_text())["train"]["steps"] == 1
+    assert timed["budget"] == {"kind": "time", "value": 1e-6}
+    patient = compare(raw, ["bitfit"], tmp_path / "patient", budget="early-stopping:4", latency=False)
+    row = patient["rows"][0]
+    assert RunConfig.from_yaml(Path(row["run_dir"]) / "config.yaml").train.epochs == 4
+    assert 1 <= row["epochs"] <= 4  # patience 2 may end it sooner
+    with pytest.raises(LmtuneError, match="--budget or --steps"):
+        compare(raw, ["lora"], tmp_path / "both", steps=3, budget="steps:3")
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,56 @@ from lmtune.io import write_json, write_text
 
 # A per-method sweep searches the learning rate this factor either side of the method's default.
 LR_SPAN = 4.0
+# `--budget early-stopping` without a cap: this many epochs at most (patience ends most runs sooner).
+EARLY_STOPPING_MAX_EPOCHS = 20
+
+
+def parse_budget(budget: str | None, steps: int | None = None) -> dict[str, Any] | None:
+    """`steps:N`, `time:SECONDS` or `early-stopping[:MAX_EPOCHS]` as {kind, value}; None: the
+    config's own epochs. `steps` is the older `--steps N` spelling of `steps:N`."""
+    if steps is not None:
+        if budget is not None:
+            raise LmtuneError("give --budget or --steps, not both", hint="--budget steps:N")
+        budget = f"steps:{steps}"
+    if budget is None:
+        return None
+    kind, _, value = budget.partition(":")
+    try:
+        if kind == "steps" and int(value) >= 1:
+            return {"kind": "steps", "value": int(value)}
+        if kind == "time" and float(value) > 0:
+            return {"kind": "time", "value": float(value)}
+        if kind == "early-stopping":
+            cap = int(value) if value else EARLY_STOPPING_MAX_EPOCHS
+            if cap >= 1:
+                return {"kind": "early-stopping", "value": cap}
+    except ValueError:
+        pass
+    raise LmtuneError(
+        f"--budget {budget!r}: expected steps:N, time:SECONDS or early-stopping[:MAX_EPOCHS]",
+        hint="e.g. --budget steps:300, --budget time:120, --budget early-stopping:10",
+    )
+
+
+def apply_budget(base: dict[str, Any], budget: dict[str, Any] | None) -> None:
+    """Give every method the same budget: optimizer steps, training seconds, or epochs until
+    validation stops improving (evaluated every epoch, the config's patience or 2)."""
+    if budget is None:
+        return
+    kind, value = budget["kind"], budget["value"]
+    if kind == "steps":  # the same optimizer steps for every method, whatever its epochs
+        set_dotted(base, ["train", "max_steps"], value)
+    elif kind == "time":
+        set_dotted(base, ["train", "max_time_s"], value)
+    else:
+        train = base.get("train") or {}
+        if train.get("eval_strategy") == "no" or train.get("early_stopping_patience", 2) is None:
+            raise LmtuneError(
+                "--budget early-stopping needs evaluations and a patience",
+                hint="drop train.eval_strategy=no / train.early_stopping_patience=null",
+            )
+        set_dotted(base, ["train", "epochs"], value)
+        set_dotted(base, ["train", "max_steps"], None)
 
 
 def dir_size_mb(path: Path) -> float:
@@ -137,9 +187,40 @@ def _run_method(raw: dict[str, Any], method: str, out: Path, per_method_sweep: i
         peak_rss_mb=t["peak_rss_mb"],
         size_on_disk_mb=dir_size_mb(run_dir / "model"),
         learning_rate=resolved.train.learning_rate,
+        epochs=t.get("epochs_completed"),
         converged=_converged(run_dir, metric, resolved.task.type),
     )
     return row
+
+
+# Batch-1 forwards timed per model: enough for a stable median on CPU, a few seconds per method.
+LATENCY_BATCHES, LATENCY_REPETITIONS = 16, 30
+
+
+def forward_latency(run_dir: Path) -> dict[str, float | None]:
+    """Median CPU wall time (ms) of one batch-1 forward on the run's test rows, as trained
+    (`latency_ms`) and with the adapter merged into the base (`merged_latency_ms`, for methods
+    that keep a separate adapter and can merge it; None otherwise)."""
+    from lmtune.compress import merge as merge_mod
+    from lmtune.compress.export import latency, make_batches, run_splits
+    from lmtune.methods import get_method_class
+    from lmtune.run import load_run
+
+    run = load_run(run_dir)
+    splits = run_splits(run)
+    rows = splits.get("test") if len(splits.get("test") or []) else splits.get("validation")
+    if rows is None or not len(rows):
+        return {"latency_ms": None, "merged_latency_ms": None}
+    batches = make_batches(run.task, run.tokenizer, rows, 1, min(len(rows), LATENCY_BATCHES))
+    model = run.model.eval()
+    unmerged, _ = latency(model, batches, LATENCY_REPETITIONS)
+    method = get_method_class(run.config.method.name)
+    merged = None
+    if method.supports("peft-adapter") and method.supports("mergeable"):
+        merged, _ = latency(
+            merge_mod.merge(model, run.config.method.name).eval(), batches, LATENCY_REPETITIONS
+        )
+    return {"latency_ms": unmerged, "merged_latency_ms": merged}
 
 
 def _converged(run_dir: Path, metric: str, task_type: str) -> bool | None:
@@ -170,7 +251,8 @@ def combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if failed is not None:
         return {**failed, "run_dir": runs[0]["run_dir"]}
     row = dict(runs[0])
-    for key in ("metric", "test_metric", "runtime_s", "samples_per_second", "peak_rss_mb", "size_on_disk_mb"):
+    averaged = ("metric", "test_metric", "runtime_s", "samples_per_second", "peak_rss_mb", "size_on_disk_mb")
+    for key in (*averaged, "epochs", "latency_ms", "merged_latency_ms"):
         values = [r[key] for r in runs if r.get(key) is not None]
         row[key] = statistics.fmean(values) if values else None
         if key in ("metric", "test_metric") and len(values) > 1:
@@ -253,10 +335,13 @@ def compare(
     across: tuple[str, list[Any]] | None = None,
     seeds: int = 1,
     steps: int | None = None,
+    budget: str | None = None,
+    latency: bool = True,
 ) -> dict[str, Any]:
     """Train each method (with `across`, each method x value of one more config key; `seeds`
-    times each; `steps` optimizer steps each) on the same config; write the comparison table,
-    plots and recommendation."""
+    times each) on the same config and budget (`parse_budget`); time each finished model's
+    forward (unmerged and merged, `latency`); write the comparison table, plots and
+    recommendation."""
     from lmtune.methods import METHODS
     from lmtune.search.plots import bars_png, pareto_front, pareto_png
 
@@ -265,8 +350,8 @@ def compare(
     base.pop("sweep", None)
     if seeds < 1 or (steps is not None and steps < 1):
         raise LmtuneError(f"--seeds {seeds} / --steps {steps}: both must be at least 1")
-    if steps is not None:  # the same optimizer steps for every method, whatever its epochs
-        set_dotted(base, ["train", "max_steps"], steps)
+    spent = parse_budget(budget, steps)
+    apply_budget(base, spent)
     chosen = methods or METHODS.names()
     for name in chosen:
         METHODS.get(name)  # unknown names fail here, with a suggestion, before anything trains
@@ -285,7 +370,10 @@ def compare(
             for k in range(seeds):
                 seed = first_seed + k if seeds > 1 else None
                 raw = _method_config(base, name, out, per_method_sweep, setting, seed)
-                runs.append(_run_method(raw, variant_label(name, setting), out, per_method_sweep))
+                row = _run_method(raw, variant_label(name, setting), out, per_method_sweep)
+                if latency and row["status"] == "ok":
+                    row.update(forward_latency(Path(row["run_dir"])))
+                runs.append(row)
             rows.append(combined(runs))
     ok = [r for r in rows if r["status"] == "ok" and r.get("metric") is not None]
     plots = {}
@@ -300,7 +388,8 @@ def compare(
         "across": across[0] if across else None,
         "per_method_sweep": per_method_sweep,
         "seeds": seeds,
-        "steps": steps,
+        "steps": spent["value"] if spent and spent["kind"] == "steps" else None,
+        "budget": spent,
         "rows": rows,
         "pareto_front": front,
         "recommendation": advice,
@@ -322,7 +411,10 @@ COLUMNS = [
     ("samples_per_second", "samples/s"),
     ("peak_rss_mb", "peak RSS (MB)"),
     ("size_on_disk_mb", "saved size (MB)"),
+    ("latency_ms", "latency b1 (ms)"),
+    ("merged_latency_ms", "merged b1 (ms)"),
     ("learning_rate", "learning rate"),
+    ("epochs", "epochs"),
     ("converged", "converged"),
 ]
 
@@ -369,6 +461,9 @@ def _write_table(
         "Saved size is the run's model/ directory (adapter + head for peft methods). "
         "Converged: no means the validation metric still rose by more than half a point (0.5 % on "
         "other scales) at the last evaluation, so more steps would likely help; - means fewer than "
-        "two evaluations. With several seeds, metrics are mean ± standard deviation."
+        "two evaluations. With several seeds, metrics are mean ± standard deviation. Latency: the "
+        "median CPU time of one forward of a single test row, as trained and with the adapter "
+        "merged into the base (- where nothing is merged); epochs: how far each run got (time and "
+        "early-stopping budgets end runs at different points)."
     )
     write_text(out / "comparison.md", "\n".join(lines) + "\n")

@@ -1,4 +1,5 @@
-"""Trainer callbacks: a per-step JSONL log in the run dir, and a guard against NaN losses."""
+"""Trainer callbacks: a per-step JSONL log in the run dir, a guard against NaN losses, and a
+wall-time budget."""
 
 from __future__ import annotations
 
@@ -101,3 +102,32 @@ class NanGuardCallback(TrainerCallback):
             self.bad_step = self.bad_step or state.global_step
             control.should_training_stop = True
             control.should_save = False
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Ends training once `max_time_s` of training time has passed (`train.max_time_s`).
+
+    The step that crosses the budget is the last: it is evaluated and saved as an epoch end
+    would be, so the best-checkpoint choice and early stopping see it. Time counts from the start
+    of this process's training (a resumed run gets the budget again); the check runs after each
+    optimizer step, so a run overshoots by at most one step.
+    """
+
+    def __init__(self, max_time_s: float, evaluates: bool) -> None:
+        self.max_time_s = max_time_s
+        self.evaluates = evaluates
+        self.started: float | None = None
+        self.stopped_at_step: int | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.started = time.monotonic()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.started is None or time.monotonic() - self.started < self.max_time_s:
+            return
+        if control.should_training_stop:
+            return  # stopping already (another callback, or the last step)
+        self.stopped_at_step = state.global_step
+        control.should_training_stop = True
+        control.should_save = args.save_strategy != "no"
+        control.should_evaluate = self.evaluates
