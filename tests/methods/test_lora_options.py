@@ -218,3 +218,38 @@ def test_eva_without_training_batches_is_refused(tiny_bert, sentiment_files, tmp
     cfg = lora_config(tiny_bert, sentiment_files, tmp_path, init="eva")
     with pytest.raises(LmtuneError, match=r"lora init eva needs training batches.*data\.streaming"):
         adapted(tiny_bert, cfg)
+
+
+# ---- CorDA: A and B from the weight's SVD weighted by the covariance of its inputs ------------------
+@pytest.mark.parametrize("init", ["corda", "corda_kpm"])
+def test_corda_starts_from_the_base_models_outputs(init, tiny_bert, sentiment_files, tmp_path):
+    from transformers import AutoTokenizer
+
+    from lmtune.run import build_model, plan_run, prepare
+
+    section = {"name": "lora", "init": init, "r": 4}
+    cfg = RunConfig.from_dict(fast_config(tiny_bert, sentiment_files, tmp_path / "run", method=section))
+    plan = plan_run(cfg, False)
+    prepared = prepare(plan)
+    model = build_model(plan, prepared).model.eval()
+    base = prepared.task.build_model(tiny_bert, fresh_head=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    inputs = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        ours = model.base_model.model.bert(**inputs).last_hidden_state
+        theirs = base.bert(**inputs).last_hidden_state
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    # The adapter's start is not LoRA's zero: B holds the (covariance-weighted) singular directions.
+    assert all(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_a_corda_run_saves_a_lora_for_the_untouched_base(tiny_bert, sentiment_files, tmp_path):
+    cfg = lora_config(tiny_bert, sentiment_files, tmp_path / "corda", init="corda", r=4)
+    run = lmtune.train(cfg)
+    saved = json.loads((tmp_path / "corda" / "model" / "adapter_config.json").read_text())
+    assert saved["r"] == 8 and saved["init_lora_weights"] is True and saved.get("corda_config") is None
+    before = run.predict(TEXTS)
+    after = load_run(tmp_path / "corda").predict(TEXTS)
+    for a, b in zip(before, after, strict=True):
+        assert a["label"] == b["label"]
+        np.testing.assert_allclose(list(a["scores"].values()), list(b["scores"].values()), atol=1e-5)

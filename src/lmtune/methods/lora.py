@@ -30,10 +30,13 @@ from lmtune.methods.base import MethodContext
 from lmtune.methods.peft_base import PeftMethod, default_target_modules
 
 # Initialisations that change the base weights (peft subtracts the adapter's start from them).
-_RESIDUAL_INITS = re.compile(r"^(pissa(_niter_\d+)?|olora)$")
+_RESIDUAL_INITS = re.compile(r"^(pissa(_niter_\d+)?|olora|corda(_kpm)?)$")
 # EVA's SVD runs over this many training batches, cycled until its components converge; changing
 # it would change what a run with init eva computes, so it is not an option (nor is peft's rho).
 EVA_BATCHES = 16
+# CorDA's covariance of each layer's inputs is gathered over this many training batches (fixed for
+# the same reason).
+CORDA_BATCHES = 16
 
 
 class LoraOptions(BaseModel):
@@ -51,7 +54,10 @@ class LoraOptions(BaseModel):
         description="Adapter initialisation: default (A random, B zero), gaussian, pissa (A and B from the "
         "weight's top singular vectors; pissa_niter_N: fast randomised SVD with N iterations), olora "
         "(QR of the weight), eva (A from the top singular vectors of each layer's inputs on training "
-        "batches, ranks redistributed). pissa, olora and eva start from the same outputs as the base model.",
+        "batches, ranks redistributed), corda (CorDA's instruction-previewed mode: A and B from the SVD "
+        "of the weight times the covariance of its inputs on training batches; corda_kpm: the "
+        "knowledge-preserving mode, the least-used directions). pissa, olora, eva and corda start "
+        "from the same outputs as the base model.",
     )
     loraplus_lr_ratio: float | None = Field(
         default=None,
@@ -69,7 +75,7 @@ class LoraOptions(BaseModel):
             raise ValueError("init 'loftq' offsets a 4-bit base's quantization error: use method qlora")
         raise ValueError(
             f"init {value!r}: expected default, gaussian, pissa, pissa_niter_N (e.g. pissa_niter_4), "
-            "olora or eva"
+            "olora, eva, corda or corda_kpm"
         )
 
 
@@ -86,9 +92,11 @@ class LoraMethod(PeftMethod, capabilities={"fixed-trainable-set", "mergeable", "
 
     def peft_config(self, model: nn.Module, ctx: MethodContext, modules_to_save: list[str]) -> Any:
         from peft import EvaConfig, LoraConfig
+        from peft.tuners.lora.config import CordaConfig
 
         opts: LoraOptions = self.options  # type: ignore[assignment]
-        return LoraConfig(
+        corda = opts.init.startswith("corda")
+        config = LoraConfig(
             task_type=ctx.task.peft_task_type,
             r=opts.r,
             lora_alpha=opts.alpha,
@@ -99,12 +107,21 @@ class LoraMethod(PeftMethod, capabilities={"fixed-trainable-set", "mergeable", "
             use_dora=self.use_dora,
             init_lora_weights=self.peft_init(),
             eva_config=EvaConfig() if opts.init == "eva" else None,  # peft's rho 2, tau 0.99
+            corda_config=CordaConfig(corda_method="kpm" if opts.init == "corda_kpm" else "ipm")
+            if corda
+            else None,
             modules_to_save=modules_to_save or None,
         )
+        if corda:
+            # CorDA's statistics are hooked onto the base layers before peft wraps them.
+            preprocess_corda(model, ctx, config, CORDA_BATCHES)
+        return config
 
     def peft_init(self) -> bool | str:
         """peft's `init_lora_weights` for the configured init."""
         init = self.options.init  # type: ignore[attr-defined]
+        if init.startswith("corda"):
+            return "corda"  # the mode is CordaConfig's
         return True if init == "default" else init
 
     @property
@@ -169,6 +186,62 @@ def initialize_eva(model: nn.Module, ctx: MethodContext, count: int) -> None:
         ) from None
 
 
+def preprocess_corda(model: nn.Module, ctx: MethodContext, config: Any, count: int) -> None:
+    """peft's CorDA preprocessing of `model` (the covariance of each target layer's inputs, then
+    the covariance-weighted SVD of its weight) over `count` of the run's training batches."""
+    import torch
+    from peft.tuners.lora.corda import preprocess_corda as peft_preprocess
+
+    if ctx.init_adapter is not None:
+        return  # continuing a saved adapter: nothing is initialised
+    if ctx.training_batches is None:
+        raise LmtuneError(
+            "lora init corda needs training batches, and this run has none in memory (data.streaming)",
+            hint="use another init, or read the training data into memory (data.streaming: false)",
+        )
+    batches = ctx.training_batches(count)
+    device = next(model.parameters()).device
+
+    def run_model() -> None:
+        # peft's covariance hook takes one sequence per forward (it squeezes the batch axis), so
+        # each row runs alone, without its padding.
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for batch in batches:
+                for row in unpadded_rows(batch):
+                    model(**{k: v.to(device) if hasattr(v, "to") else v for k, v in row.items()})
+        model.train(was_training)
+
+    try:
+        peft_preprocess(model, config, run_model=run_model)
+    except (ValueError, RuntimeError) as exc:  # e.g. a singular covariance on too little data
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise LmtuneError(
+            f"lora init corda failed on {model.__class__.__name__}: {first[:300]}",
+            hint="use more (or more varied) training rows, or another init (e.g. pissa)",
+        ) from None
+
+
+def unpadded_rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """A collated batch as batch-1 inputs, each cut to its attention mask's positions."""
+    ids = batch["input_ids"]
+    mask = batch.get("attention_mask")
+    rows = []
+    for i in range(ids.shape[0]):
+        keep = mask[i].bool() if mask is not None else slice(None)
+        row = {}
+        for key, value in batch.items():
+            if hasattr(value, "dim") and value.dim() >= 2 and value.shape[:2] == ids.shape[:2]:
+                row[key] = value[i : i + 1, keep]
+            elif hasattr(value, "dim") and value.dim() >= 1 and value.shape[0] == ids.shape[0]:
+                row[key] = value[i : i + 1]
+            else:
+                row[key] = value
+        rows.append(row)
+    return rows
+
+
 def save_on_untouched_base(model: nn.Module, directory: Path, initial: dict[str, Any]) -> None:
     """Rewrite a PiSSA/OLoRA adapter saved in `directory` as a LoRA on the original base.
 
@@ -191,6 +264,7 @@ def save_on_untouched_base(model: nn.Module, directory: Path, initial: dict[str,
     config_file = directory / "adapter_config.json"
     config = json.loads(config_file.read_text(encoding="utf-8"))
     config["init_lora_weights"] = True  # loading must not move the base weights again
+    config["corda_config"] = None  # nor ask for CorDA's covariance
     scale = 2**0.5 if config.get("use_rslora") else 2  # keeps alpha/r (rsLoRA: alpha/sqrt(r)) as it was
     config["r"] *= 2
     config["lora_alpha"] *= scale
