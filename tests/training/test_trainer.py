@@ -73,6 +73,28 @@ def test_loss_and_gradients_equal_the_models_own(smollm, tmp_path, num_items):
     model.zero_grad()
 
 
+def test_evaluation_loss_projects_only_labelled_positions(smollm, tmp_path):
+    model, tokenizer = smollm
+    trainer = trainer_for(model, tmp_path)
+    batch = sft_batch(tokenizer)
+    model.eval()
+    expected, _, _ = super(LmtuneTrainer, trainer).prediction_step(model, dict(batch), True)
+    widths = []
+    hook = model.lm_head.register_forward_hook(lambda _m, _i, out: widths.append(out.shape[-2]))
+    try:
+        loss, logits, labels = trainer.prediction_step(model, dict(batch), prediction_loss_only=True)
+    finally:
+        hook.remove()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert logits is None and labels is None
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    # The head saw the labelled positions alone, never every position of the batch.
+    assert widths == [labelled] and labelled < batch["input_ids"].numel()
+    # Metrics that read logits still get Trainer's full step.
+    _, logits, _ = trainer.prediction_step(model, dict(batch), prediction_loss_only=False)
+    assert logits.shape[:2] == batch["input_ids"].shape
+
+
 def test_prompt_learning_and_encoders_keep_the_full_logits(smollm, minilm_path, tmp_path):
     from peft import LoraConfig, PromptTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
