@@ -14,6 +14,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 from lmtune.board.app import BoardSettings, create_board_app
+from lmtune.training.checkpoints import MARKER
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +75,7 @@ def test_cancel_leaves_an_interrupted_run_that_resumes(board_roots: dict[str, Pa
         _wait(
             client,
             job["id"],
-            lambda j: j["status"] == "running" and any((runs / "long").glob("checkpoint-*")),
+            lambda j: j["status"] == "running" and any((runs / "long").glob(f"checkpoint-*/{MARKER}")),
         )
         assert client.post(f"/api/jobs/{job['id']}/cancel").status_code == 200
         assert _wait(client, job["id"], lambda j: j["status"] != "running")["status"] == "cancelled"
