@@ -115,3 +115,33 @@ def test_composed_head_saves_and_reloads_as_a_whole_model(tiny_gemma: str, tmp_p
     assert saved["architectures"] == ["Gemma3TextForTokenClassification"]
     texts = [{"tokens": list("张三住在上海")}]
     assert Run.load(run.directory).predict(texts) == run.predict(texts)
+
+
+def test_a_left_padding_tokenizer_tags_each_word_as_it_would_alone(tiny_gemma: str, tmp_path: Path) -> None:
+    # Gemma 3's tokenizer pads on the left; word positions index the unpadded window, so batches
+    # must pad on the right or every shorter row is read at the wrong positions.
+    files = {"train": cluener_file(tmp_path / "train.json", 16, 3)}
+    run = train(RunConfig.from_dict(quick(tiny_gemma, "ner", files, tmp_path / "run", method="full")))
+    assert run.tokenizer.padding_side == "left"
+    sentences = [list("张三住在上海"), list("李四住在北京，王五住在广州，张三也住在上海"), list("王五")]
+    batched = run.task._predict_words(run.model, run.tokenizer, sentences, 8)
+    alone = [run.task._predict_words(run.model, run.tokenizer, [s], 1)[0] for s in sentences]
+    assert [[label for label, _ in words] for words in batched] == [[label for label, _ in w] for w in alone]
+    for words, single in zip(batched, alone, strict=True):
+        assert [p for _, p in words] == pytest.approx([p for _, p in single], abs=1e-4)
+    assert run.tokenizer.padding_side == "left"  # the caller's tokenizer is left as it was
+
+
+def test_a_left_padding_tokenizer_finds_the_same_answer_in_a_batch(tiny_gemma: str, tmp_path: Path) -> None:
+    from tests.tasks.test_question_answering import squad_set, write_json
+
+    files = {"train": write_json(tmp_path / "train.json", squad_set(8, 0))}
+    run = train(RunConfig.from_dict(quick(tiny_gemma, "qa", files, tmp_path / "run", method="full")))
+    questions = ["Where was Ada born?", "When?", "Who was born in Velmora in the year 1931, and where?"]
+    contexts = ["Ada was born in Velmora in 1931.", "In 1931.", "Ada was born in Velmora in 1931, they say."]
+    batched = run.task._answers_for(run.model, run.tokenizer, questions, contexts, 8)
+    alone = [
+        run.task._answers_for(run.model, run.tokenizer, [q], [c], 1)[0]
+        for q, c in zip(questions, contexts, strict=True)
+    ]
+    assert [(a["start"], a["end"]) for a in batched] == [(a["start"], a["end"]) for a in alone]

@@ -717,6 +717,23 @@ class _DropLengthCollator:
         return self.inner([{k: v for k, v in f.items() if k != "length"} for f in features])
 
 
+def right_padding(tokenizer: Any) -> Any:
+    """`tokenizer`, or a shallow copy of it that pads on the right.
+
+    Tasks that read or supervise particular positions (a tag per word, an answer's start and
+    end) index the unpadded features; a decoder's tokenizer that pads on the left (Gemma 3's)
+    would shift every row of a batch by its padding. The copy shares the backend tokenizer and
+    leaves the caller's object as it was, so generation elsewhere still pads on the left.
+    """
+    if getattr(tokenizer, "padding_side", "right") == "right":
+        return tokenizer
+    import copy
+
+    shifted = copy.copy(tokenizer)
+    shifted.padding_side = "right"
+    return shifted
+
+
 def labelled_head_config(path: str, labels: list[str], cfg: Any) -> Any:
     """The model config of `path` for a head over `labels` (per text or per token), run settings applied."""
     from transformers import AutoConfig

@@ -28,7 +28,7 @@ from lmtune.data.readers import Table, read_table
 from lmtune.data.splits import Carving, SplitRecords
 from lmtune.errors import LmtuneError
 from lmtune.tasks.base import EvalResult, Rows, Task, inference_batches
-from lmtune.tasks.classification import _DropLengthCollator, apply_dropout
+from lmtune.tasks.classification import _DropLengthCollator, apply_dropout, right_padding
 
 
 class QuestionAnsweringOptions(BaseModel):
@@ -352,7 +352,9 @@ class QuestionAnsweringTask(Task):
         from transformers import DataCollatorWithPadding
 
         return _DropLengthCollator(
-            DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
+            DataCollatorWithPadding(
+                right_padding(tokenizer), pad_to_multiple_of=8 if torch.cuda.is_available() else None
+            )
         )
 
     # ---- inference ------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from lmtune.data.readers import read_table
 from lmtune.data.splits import Carving, SplitRecords
 from lmtune.errors import LmtuneError
 from lmtune.tasks.base import EvalResult, Rows, Task, inference_batches
-from lmtune.tasks.classification import _DropLengthCollator, labelled_head_config
+from lmtune.tasks.classification import _DropLengthCollator, labelled_head_config, right_padding
 
 
 class TokenClassificationOptions(BaseModel):
@@ -286,7 +286,7 @@ class TokenClassificationTask(Task):
 
         return _DropLengthCollator(
             DataCollatorForTokenClassification(
-                tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None
+                right_padding(tokenizer), pad_to_multiple_of=8 if torch.cuda.is_available() else None
             )
         )
 
