@@ -423,6 +423,11 @@ def build_model(plan: RunPlan, prepared: PreparedRun) -> BuiltModel:
     set_seed(resolved.train.seed)
     with MODEL_CONSTRUCTION_LOCK:
         model = task.build_model(plan.model_path, fresh_head=True)
+    if plan.adapter is None:
+        from lmtune.training.head_init import scale_fresh_heads
+
+        # A new head on a decoder's large-scale features starts with saturated logits otherwise.
+        scale_fresh_heads(model, task.peft_head_names, plan.model_path, _training_batches(prepared))
 
     def measure_baseline() -> dict[str, Any] | None:
         splits, batch = prepared.data.splits, prepared.eval_batch_size
