@@ -1,7 +1,9 @@
 """Dynamic micro-batching: many small requests, few model forwards.
 
-Requests wait in a bounded queue. One worker (an asyncio task) takes the oldest request and
-keeps collecting until it holds `max_batch_size` items or `max_wait_ms` has passed, then runs
+Requests wait in a bounded queue. One worker (an asyncio task) takes the oldest request and,
+when requests are arriving concurrently (others already queued, or the last round held more than
+one), keeps collecting until it holds `max_batch_size` items or `max_wait_ms` has passed; a lone
+request on an idle server goes straight to the model, since nothing would join it. It then runs
 one forward per group of items that share prediction options and a batch key (`group_key`:
 one adapter's name, or one key for adapters that can share a forward, as LoRA adapters on one
 base can), and resolves each request's future with its own slice of the results.
@@ -84,6 +86,7 @@ class MicroBatcher:
         # Requests whose adapters have equal keys may share a forward (default: same adapter only).
         self.group_key = group_key or (lambda adapter: adapter)
         self._queue: asyncio.Queue[_Job] | None = None
+        self._last_round_jobs = 0
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -154,10 +157,13 @@ class MicroBatcher:
 
     # ---- the worker --------------------------------------------------------------------------
     async def _collect(self, first: _Job) -> tuple[list[_Job], _Job | None]:
-        """Requests for one round: up to max_batch_size items or max_wait, whichever is first."""
+        """Requests for one round: up to max_batch_size items or max_wait, whichever is first;
+        only the first request when it arrived alone on an idle server."""
         assert self._queue is not None
         batch, size = [first], len(first.items)
-        if not self.batching:
+        concurrent = self._last_round_jobs > 1 or not self._queue.empty()
+        self._last_round_jobs = 1
+        if not self.batching or not concurrent:
             return batch, None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
@@ -177,6 +183,7 @@ class MicroBatcher:
                 return batch, job  # it opens the next round instead of overfilling this one
             batch.append(job)
             size += len(job.items)
+            self._last_round_jobs = len(batch)
         return batch, None
 
     async def _worker(self) -> None:
