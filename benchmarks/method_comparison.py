@@ -1,8 +1,8 @@
 """lmtune's method comparison on real data: every method, the same optimizer steps, per task.
 
 Usage: python benchmarks/method_comparison.py --data-dir ../shared/data [--tasks cls,ner,sft]
-       [--seeds 1] [--cls-steps 150] [--ner-steps 150] [--sft-steps 40] [--out runs/method-comparison]
-       [--doc docs/method_comparison.md]
+       [--seeds 1] [--methods lora,oft,...] [--cls-steps 150] [--ner-steps 150] [--sft-steps 40]
+       [--out runs/method-comparison] [--doc docs/method_comparison.md]
 
 Runs `lmtune compare` (each method in its own process, at its own default learning rate, the same
 number of optimizer steps) on seeded subsets of
@@ -93,7 +93,7 @@ def suites(args: argparse.Namespace, work: Path) -> dict[str, dict]:
     """Per task: the base config, the methods and the step budget."""
     from lmtune.methods import METHODS
 
-    every = ",".join(METHODS.names())
+    every = args.methods or ",".join(METHODS.names())
     data = args.data_dir
 
     def config(model: str, task_type: str, files: dict[str, Path], **extra) -> dict:
@@ -201,6 +201,9 @@ def main() -> int:
     parser.add_argument("--ner-steps", type=int, default=150)
     parser.add_argument("--ner-sentences", type=int, default=2400)
     parser.add_argument("--sft-steps", type=int, default=40)
+    parser.add_argument(
+        "--methods", default=None, help="comma-separated, for cls and ner (default: every registered method)"
+    )
     parser.add_argument(
         "--sft-methods", default=SFT_METHODS, help="comma-separated (decoder SFT is slow on CPU)"
     )

@@ -36,7 +36,9 @@ class LohaMethod(PeftMethod, capabilities={"fixed-trainable-set", "mergeable", "
     name: ClassVar[str] = "loha"
     description: ClassVar[str] = "LoHa via peft: Hadamard product of two low-rank updates (LyCORIS)."
     Options = LohaOptions
-    default_learning_rate: ClassVar[float] = 1e-3
+    # The product of two low-rank factors moves slowly from its zero start: on SST-2 (MiniLM, 150
+    # steps) 1e-3 never left the majority class (macro F1 0.35); 3e-3 and 1e-2 both reached 0.833.
+    default_learning_rate: ClassVar[float] = 3e-3
 
     def peft_config(self, model: nn.Module, ctx: MethodContext, modules_to_save: list[str]) -> Any:
         from peft import LoHaConfig

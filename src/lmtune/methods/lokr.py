@@ -50,7 +50,9 @@ class LokrMethod(PeftMethod, capabilities={"fixed-trainable-set", "mergeable", "
     name: ClassVar[str] = "lokr"
     description: ClassVar[str] = "LoKr via peft: Kronecker product of a small and a low-rank matrix."
     Options = LokrOptions
-    default_learning_rate: ClassVar[float] = 1e-3
+    # On SST-2 (MiniLM, 150 steps) 1e-3 never left the majority class (macro F1 0.35); 3e-3 reached
+    # 0.805 and 1e-2 0.824 on validation, LyCORIS' usual range for LoKr.
+    default_learning_rate: ClassVar[float] = 1e-2
 
     def peft_config(self, model: nn.Module, ctx: MethodContext, modules_to_save: list[str]) -> Any:
         from peft import LoKrConfig
