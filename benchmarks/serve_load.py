@@ -1,6 +1,6 @@
 """Load test of `lmtune serve`: requests/s and p50/p99 latency, micro-batching on vs off.
 
-Usage: python benchmarks/serve_load.py [RUN_DIR] [--requests 48] [--concurrency 1,16]
+Usage: python benchmarks/serve_load.py [RUN_DIR] [--requests 48] [--concurrency 1,16] [--variants ...]
 Without RUN_DIR a small MiniLM LoRA run is trained on examples/data/sentiment_train.csv into a
 temporary directory first. The server runs in its own process (`python -m lmtune serve`) on
 127.0.0.1, so clients and model do not share a GIL; each request carries one review from
@@ -138,20 +138,43 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+# name -> (batching, extra `lmtune serve` flags): what one row of the table measures.
+VARIANTS = {
+    "no batching": (False, ()),
+    "defaults": (True, ()),
+    "unmerged": (True, ("--no-merge",)),
+    "bf16": (True, ("--precision", "bf16")),
+}
+
+
+def server_variants(names: str) -> list[tuple[str, bool, tuple[str, ...]]]:
+    from lmtune.tasks.base import cpu_has_native_bf16
+
+    chosen = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown --variants {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if "bf16" in chosen and not cpu_has_native_bf16():
+        print("skipping bf16: this CPU has no native bf16", file=sys.stderr)
+        chosen.remove("bf16")
+    return [(name, *VARIANTS[name]) for name in chosen]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", nargs="?", type=Path, help="a finished MiniLM run (default: train one)")
     parser.add_argument("--requests", type=int, default=48, help="requests per measurement (1 text each)")
     parser.add_argument("--concurrency", default="1,16", help="comma-separated client counts")
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="servers: " + ", ".join(VARIANTS))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="lmtune-bench-serve-"))
     run_dir = args.run_dir or train_small_run(work)
     with open(ROOT / "examples/data/sentiment_test.csv", newline="", encoding="utf-8") as fh:
         texts = [row["text"] for row in csv.DictReader(fh)]
     rows = []
-    for batching in (False, True):
-        with running_server(run_dir, batching, args.max_wait_ms) as url:
+    for label, batching, extra in server_variants(args.variants):
+        with running_server(run_dir, batching, args.max_wait_ms, extra) as url:
             asyncio.run(load(url, texts, 4, 8))  # warm-up
             for clients in (int(c) for c in args.concurrency.split(",")):
                 before = batch_stats(url)
@@ -160,7 +183,7 @@ def main() -> int:
                 mean_batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
                 rows.append(
                     (
-                        "on" if batching else "off",
+                        label,
                         clients,
                         len(latencies),
                         len(latencies) / seconds,
@@ -169,12 +192,12 @@ def main() -> int:
                         mean_batch,
                     )
                 )
-                print(f"batching {rows[-1][0]}, {clients} clients: {rows[-1][3]:.1f} req/s", file=sys.stderr)
+                print(f"{label}, {clients} clients: {rows[-1][3]:.1f} req/s", file=sys.stderr)
     print(f"\n`lmtune serve` on {run_dir} (1 text per request, max-wait {args.max_wait_ms:g} ms)\n")
-    print("| batching | clients | requests | req/s | p50 ms | p99 ms | mean items per forward |")
+    print("| server | clients | requests | req/s | p50 ms | p99 ms | mean items per forward |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for mode, clients, n, rps, p50, p99, mean_batch in rows:
-        print(f"| {mode} | {clients} | {n} | {rps:.1f} | {p50:.1f} | {p99:.1f} | {mean_batch:.1f} |")
+    for label, clients, n, rps, p50, p99, mean_batch in rows:
+        print(f"| {label} | {clients} | {n} | {rps:.1f} | {p50:.1f} | {p99:.1f} | {mean_batch:.1f} |")
     return 0
 
 

@@ -179,11 +179,12 @@ def test_flags_reach_serve_settings_and_export_options(monkeypatch, tmp_path):
     )  # fmt: skip
     flags = "--max-batch-size 4 --max-wait-ms 2.5 --max-queue 7 --timeout-s 3 "
     flags += "--max-request-items 5 --max-text-chars 99"
-    result = runner.invoke(cli.app, ["serve", "run", *flags.split(), "--no-batching"])
+    flags += " --no-batching --no-merge --precision bf16"
+    result = runner.invoke(cli.app, ["serve", "run", *flags.split()])
     assert result.exit_code == 0, result.output
     assert seen["serve"] == app_mod.ServeSettings(
         max_batch_size=4, max_wait_ms=2.5, max_queue=7, timeout_s=3.0, max_request_items=5, max_text_chars=99,
-        batching=False, admin_token=None,
+        batching=False, merge_single_adapter=False, precision="bf16", admin_token=None,
     )  # fmt: skip
 
 

@@ -546,6 +546,20 @@ def serve(
         bool,
         typer.Option(help="Batch each LoRA adapter's requests apart, not mixed (for comparison)."),
     ] = False,
+    no_merge: Annotated[
+        bool,
+        typer.Option(
+            help="Keep a lone adapter unmerged (by default it is merged into the base weights while "
+            "it is the only one served, and unmerged when another joins)."
+        ),
+    ] = False,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="Inference precision: run (the run's own; answers equal `lmtune predict`'s), fp32, "
+            "or bf16 (GPUs, and CPUs with AMX/AVX512-BF16: faster, scores differ in the 4th decimal)."
+        ),
+    ] = "run",
     admin_token_env: Annotated[
         str, typer.Option(help="Env var holding the bearer token for /admin (unset: admin disabled).")
     ] = "LMTUNE_ADMIN_TOKEN",
@@ -560,6 +574,11 @@ def serve(
         if name in extra:
             raise LmtuneError(f"--adapter {name} is given twice")
         extra[name] = path
+    if "torch" not in sys.modules:
+        # OpenMP threads that spin between a forward's operations take the cores the event loop
+        # and the clients need; sleeping ones gave 1.35x the requests/s at 16 clients on 2 cores
+        # (MiniLM LoRA, benchmarks/SERVE_LOAD.md). Read once, when OpenMP loads with torch.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _quiet_libraries()
     import uvicorn
 
@@ -571,6 +590,7 @@ def serve(
         **_dataclass_flags(ctx, ServeSettings),  # max_batch_size ... max_text_chars
         batching=not no_batching,
         mixed_adapter_batches=not no_mixed_batches,
+        merge_single_adapter=not no_merge,
         admin_token=os.environ.get(admin_token_env) or None,
     )
     server = create_app(run_dir, extra, settings)

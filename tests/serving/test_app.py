@@ -439,3 +439,89 @@ def test_runs_with_different_fitted_state_do_not_share_a_batch_key():
 
     assert _prediction_settings(run({})) == _prediction_settings(run({}))
     assert _prediction_settings(run({"temperature": 1.5})) != _prediction_settings(run({}))
+
+
+# ---- merged adapter, inference precision --------------------------------------------------------
+def lora_layers_merged(pool) -> list[bool]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m.merged for m in pool.peft_model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def test_a_lone_adapter_is_served_merged_and_unmerged_when_another_joins(serve_runs, expected):
+    """The served run's LoRA is merged into the base weights while it is the only adapter on the
+    PeftModel (same answers); loading a second one unmerges it (the two still answer as their own
+    runs, mixed in one forward); removing it merges again. A separate model (BitFit) does not
+    touch the PeftModel, so it does not unmerge it."""
+    from lmtune.serving.app import AdapterPool
+
+    pool = AdapterPool(serve_runs["pos"])
+    items = [{"text": t} for t in TEXTS]
+    assert_same(pool.run_group(["default"] * 4, items, {}, 8), expected["pos"])
+    assert pool.merged and all(lora_layers_merged(pool))
+    pool.load("bitfit", serve_runs["bitfit"])
+    assert_same(pool.run_group(["default"] * 4, items, {}, 8), expected["pos"])
+    assert pool.merged
+    pool.load("neg", serve_runs["neg"])
+    assert not pool.merged and not any(lora_layers_merged(pool))
+    rows = pool.run_group(["default", "neg"] * 4, [i for i in items for _ in range(2)], {}, 8)
+    assert_same(rows[0::2], expected["pos"])
+    assert_same(rows[1::2], expected["neg"])
+    pool.remove("neg")
+    assert pool.merged and all(lora_layers_merged(pool))
+    assert_same(pool.run_group(["default"] * 4, items, {}, 8), expected["pos"])
+
+    unmerged = AdapterPool(serve_runs["pos"], merge_single=False)
+    assert_same(unmerged.run_group(["default"] * 4, items, {}, 8), expected["pos"])
+    assert not unmerged.merged and not any(lora_layers_merged(unmerged))
+
+
+def test_the_base_model_served_beside_an_adapter_unmerges_it(serve_runs, monkeypatch):
+    from lmtune.serving.app import AdapterPool
+
+    pool = AdapterPool(serve_runs["pos"])
+    pool.settle_merge()
+    assert pool.merged
+    monkeypatch.setattr(type(pool.primary.task), "supports", lambda self, capability: True)
+    pool.add_base("base")  # a chat run would be allowed: here the capability check is patched
+    assert not pool.merged and not any(lora_layers_merged(pool))
+
+
+def test_serve_precision_setting_runs_forwards_in_bf16_and_is_checked(serve_runs, expected, monkeypatch):
+    """`precision: bf16` runs the served forwards under bf16 autocast (the linear layers answer in
+    bf16) with the same labels; an unknown value, or bf16 on a CPU without native bf16, is refused."""
+    import torch
+
+    from lmtune.serving import app as serving_app
+    from lmtune.tasks import base as task_base
+
+    with pytest.raises(LmtuneError, match="precision must be one of"):
+        ServeSettings(precision="int4")
+    monkeypatch.setattr(task_base, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(LmtuneError, match="no native bf16"):
+        serving_app.AdapterPool(serve_runs["pos"], precision="bf16")
+    monkeypatch.setattr(task_base, "cpu_has_native_bf16", lambda: True)
+    items = [{"text": t} for t in TEXTS]
+    for precision, want_dtype in (("bf16", torch.bfloat16), ("run", torch.float32)):
+        pool = serving_app.AdapterPool(serve_runs["pos"], precision=precision)
+        dtypes: list[torch.dtype] = []
+        linear = next(m for m in pool.primary.model.modules() if isinstance(m, torch.nn.Linear))
+        handle = linear.register_forward_hook(lambda module, args, out, seen=dtypes: seen.append(out.dtype))
+        rows = pool.run_group(["default"] * 4, items, {}, 8)
+        handle.remove()
+        assert dtypes and set(dtypes) == {want_dtype}, precision
+        assert [r["label"] for r in rows] == [r["label"] for r in expected["pos"]]
+        for got, want in zip(rows, expected["pos"], strict=True):
+            assert got["scores"] == pytest.approx(want["scores"], abs=0.05)
+
+
+def test_the_loaded_model_is_frozen_out_of_the_garbage_collector(serve_runs):
+    """A full collection of the loaded model's objects stalls every request (214 ms on MiniLM):
+    the server moves them out of the collector's view when it starts."""
+    import gc
+
+    gc.unfreeze()
+    with TestClient(create_app(serve_runs["pos"])) as client:
+        assert client.get("/health").status_code == 200
+        assert gc.get_freeze_count() > 10_000
+    gc.unfreeze()

@@ -62,3 +62,32 @@ def test_requests_queued_behind_a_forward_share_the_next_one() -> None:
     replies = asyncio.run(scenario())
     assert [r[0]["text"] for r in replies] == ["first", "r0", "r1", "r2", "r3", "r4"]
     assert forwards == [["first"], ["r0", "r1", "r2", "r3", "r4"]]
+
+
+def test_requests_that_waited_through_a_forward_go_without_a_further_wait() -> None:
+    """max_wait counts from the oldest request's arrival: requests queued behind a forward that
+    took longer than max_wait are sent to the model as soon as it finishes."""
+    forwards: list[list[str]] = []
+    gate = threading.Event()
+
+    async def scenario() -> float:
+        batcher = MicroBatcher(_recording_runner(forwards, gate), max_wait_ms=3000, max_batch_size=8)
+        await batcher.start()
+        try:
+            first = asyncio.create_task(batcher.submit("default", [{"text": "first"}], {}, "", 30))
+            await asyncio.sleep(0.05)
+            rest = [
+                asyncio.create_task(batcher.submit("default", [{"text": f"r{i}"}], {}, "", 30))
+                for i in range(3)
+            ]
+            await asyncio.sleep(3.2)  # the first forward outlasts max_wait
+            released = time.perf_counter()
+            gate.set()
+            await asyncio.gather(first, *rest)
+            return time.perf_counter() - released
+        finally:
+            await batcher.stop()
+
+    # Waiting max_wait again after the first forward would take 3 s more.
+    assert asyncio.run(scenario()) < 1.5
+    assert forwards == [["first"], ["r0", "r1", "r2"]]

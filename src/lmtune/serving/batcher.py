@@ -2,7 +2,8 @@
 
 Requests wait in a bounded queue. One worker (an asyncio task) takes the oldest request and,
 when requests are arriving concurrently (others already queued, or the last round held more than
-one), keeps collecting until it holds `max_batch_size` items or `max_wait_ms` has passed; a lone
+one), keeps collecting until it holds `max_batch_size` items or the oldest request has waited
+`max_wait_ms` since it arrived (requests that queued during a forward go at once); a lone
 request on an idle server goes straight to the model, since nothing would join it. It then runs
 one forward per group of items that share prediction options and a batch key (`group_key`:
 one adapter's name, or one key for adapters that can share a forward, as LoRA adapters on one
@@ -56,6 +57,7 @@ class _Job:
     options: dict[str, Any]
     items: list[dict[str, Any]]
     future: asyncio.Future = field(repr=False)
+    arrived: float = 0.0  # the event loop's clock when it was queued
 
 
 class MicroBatcher:
@@ -135,9 +137,10 @@ class MicroBatcher:
         """Queue one request and wait for its predictions (raises QueueFull/RequestTimeout)."""
         if self._queue is None or not self.running:
             raise BatcherStoppedError("the batcher is not running")
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
         try:
-            self._queue.put_nowait(_Job(adapter, options_key, options, items, future))
+            self._queue.put_nowait(_Job(adapter, options_key, options, items, future, loop.time()))
         except asyncio.QueueFull:
             raise QueueFullError(f"{self.max_queue} requests are already waiting") from None
         self._arrived.set()
@@ -165,8 +168,10 @@ class MicroBatcher:
         self._last_round_jobs = 1
         if not self.batching or not concurrent:
             return batch, None
+        # max_wait bounds how long the oldest request waits for company, counted from its arrival:
+        # requests that queued during the previous forward go at once, not max_wait later.
+        deadline = first.arrived + self.max_wait_s
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait_s
         while size < self.max_batch_size:
             if self._queue.empty():
                 remaining = deadline - loop.time()

@@ -470,13 +470,33 @@ def inference_batches(
             yield index, moved
 
 
+# A precision that replaces the task's `train.precision` for inference within a block (a server's
+# `--precision`); None: the run's own.
+_INFERENCE_PRECISION: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "lmtune_inference_precision", default=None
+)
+
+
+@contextlib.contextmanager
+def inference_precision(precision: str | None) -> Iterator[None]:
+    """Within this block inference runs in `precision` ("fp32", "bf16", "fp16") instead of the
+    run's `train.precision`; None leaves the run's."""
+    token = _INFERENCE_PRECISION.set(precision)
+    try:
+        yield
+    finally:
+        _INFERENCE_PRECISION.reset(token)
+
+
 @contextlib.contextmanager
 def inference_context(task: Task, model: nn.Module) -> Iterator[None]:
-    """Eval mode, `torch.inference_mode` and the autocast of the task's `train.precision`: what
-    every forward outside training runs under (batched inference, streamed generation), so a
-    streamed answer is the answer `predict` gives."""
+    """Eval mode, `torch.inference_mode` and the autocast of the task's `train.precision` (or of
+    `inference_precision`): what every forward outside training runs under (batched inference,
+    streamed generation), so a streamed answer is the answer `predict` gives."""
     device = model_device(model)
-    precision = resolve_precision(task.cfg.train.precision, device, task.supports("bf16-on-cpu"))
+    precision = _INFERENCE_PRECISION.get() or resolve_precision(
+        task.cfg.train.precision, device, task.supports("bf16-on-cpu")
+    )
     model.eval()
     with torch.inference_mode(), autocast_for(device, precision):
         yield
