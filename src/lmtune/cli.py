@@ -671,7 +671,9 @@ def compare(
         str | None,
         typer.Option(
             help="Every method's budget: steps:N (optimizer steps), time:SECONDS (training time), "
-            "early-stopping[:MAX_EPOCHS] (until validation stops improving); default: the epochs."
+            "early-stopping[:MAX_EPOCHS] (until validation stops improving), epochs (the config's), "
+            "auto (steps from the training set's size); default: auto, or the epochs where the "
+            "config sets train.epochs or train.max_steps."
         ),
     ] = None,
     latency: Annotated[

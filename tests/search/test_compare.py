@@ -114,6 +114,8 @@ def test_seeds_and_equal_steps(tiny_bert: str, sentiment_files: dict, tmp_path: 
         ("time:90", {"kind": "time", "value": 90.0}),
         ("early-stopping", {"kind": "early-stopping", "value": EARLY_STOPPING_MAX_EPOCHS}),
         ("early-stopping:8", {"kind": "early-stopping", "value": 8}),
+        ("auto", {"kind": "auto", "value": None}),
+        ("epochs", None),
         (None, None),
     ],
 )
@@ -123,7 +125,9 @@ def test_budgets_parse(budget, expected) -> None:
 
 @pytest.mark.parametrize("budget", ["steps:0", "steps:x", "time:-1", "epochs:3", "early-stopping:0"])
 def test_bad_budgets_are_refused_with_the_forms_that_work(budget) -> None:
-    with pytest.raises(LmtuneError, match="expected steps:N, time:SECONDS or early-stopping"):
+    with pytest.raises(
+        LmtuneError, match=r"expected steps:N, time:SECONDS, early-stopping.*, auto or epochs"
+    ):
         parse_budget(budget)
 
 
@@ -161,3 +165,35 @@ def test_a_metric_still_improving_at_the_end_is_not_converged(metric, values, ex
     records = [{"loss": 1.0}] + [{key: v, "epoch": i + 1} for i, v in enumerate(values)]
     (tmp_path / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert _converged(tmp_path, metric, "classification") is expected
+
+
+def test_auto_budget_scales_with_the_training_set_within_its_bounds() -> None:
+    from lmtune.search.compare import AUTO_EPOCHS, AUTO_MAX_STEPS, AUTO_MIN_STEPS, auto_steps
+
+    assert auto_steps(64, 8) == AUTO_MIN_STEPS  # a tiny set: the floor
+    rows = 16 * 200  # 200 batches of 16 per epoch
+    assert auto_steps(rows, 16) == max(AUTO_MIN_STEPS, round(AUTO_EPOCHS * 200))
+    assert auto_steps(rows, 8, accumulation=2) == auto_steps(rows, 16)  # optimizer steps, not batches
+    assert auto_steps(10_000_000, 16) == AUTO_MAX_STEPS
+
+
+def test_without_a_budget_compare_spends_auto_unless_epochs_are_set(tiny_bert, sentiment_files, tmp_path):
+    """No --budget, no epochs in the config: `auto`, resolved to steps from the training rows
+    before anything trains; a config that sets train.epochs (or max_steps) keeps them."""
+    from lmtune.search.compare import auto_steps, budget_text, default_budget, resolve_auto_budget
+
+    raw = fast_config(tiny_bert, sentiment_files, tmp_path / "unused")
+    assert default_budget(raw) == "epochs"
+    del raw["train"]["epochs"]
+    assert default_budget(raw) == "auto"
+    assert default_budget({**raw, "train": {**raw["train"], "max_steps": 5}}) == "epochs"
+    train_rows = len(sentiment_files["train"].read_text().strip().splitlines()) - 1  # minus the header
+    resolved = resolve_auto_budget(raw, "lora", tmp_path / "cmp")
+    assert resolved == {
+        "kind": "steps",
+        "value": auto_steps(train_rows, raw["train"]["batch_size"]),
+        "auto": True,
+        "train_rows": train_rows,
+    }
+    assert f"`auto` for {train_rows} training rows" in budget_text(resolved)
+    assert budget_text(None) == "the config's epochs"

@@ -37,15 +37,30 @@ LR_SPAN = 4.0
 EARLY_STOPPING_MAX_EPOCHS = 20
 
 
+# `--budget auto`: the optimizer steps that the slow starters among the default methods needed to
+# converge (within half a point of their best; benchmarks/convergence.py, docs/method_comparison.md):
+# AUTO_EPOCHS passes over the training set, at least AUTO_MIN_STEPS and at most AUTO_MAX_STEPS.
+AUTO_EPOCHS, AUTO_MIN_STEPS, AUTO_MAX_STEPS = 3.0, 600, 1500
+
+
+def auto_steps(train_rows: int, batch_size: int, accumulation: int = 1) -> int:
+    """`--budget auto`'s optimizer steps for a training set of `train_rows` examples."""
+    per_epoch = -(-train_rows // (batch_size * accumulation))
+    return min(AUTO_MAX_STEPS, max(AUTO_MIN_STEPS, round(AUTO_EPOCHS * per_epoch)))
+
+
 def parse_budget(budget: str | None, steps: int | None = None) -> dict[str, Any] | None:
-    """`steps:N`, `time:SECONDS` or `early-stopping[:MAX_EPOCHS]` as {kind, value}; None: the
-    config's own epochs. `steps` is the older `--steps N` spelling of `steps:N`."""
+    """`steps:N`, `time:SECONDS`, `early-stopping[:MAX_EPOCHS]`, `auto` or `epochs` as {kind,
+    value}; None (and `epochs`): the config's own epochs; `auto` is resolved to steps once the
+    training set is read (`resolve_auto_budget`). `steps` is the older `--steps N` spelling."""
     if steps is not None:
         if budget is not None:
             raise LmtuneError("give --budget or --steps, not both", hint="--budget steps:N")
         budget = f"steps:{steps}"
-    if budget is None:
+    if budget is None or budget == "epochs":
         return None
+    if budget == "auto":
+        return {"kind": "auto", "value": None}
     kind, _, value = budget.partition(":")
     try:
         if kind == "steps" and int(value) >= 1:
@@ -59,9 +74,29 @@ def parse_budget(budget: str | None, steps: int | None = None) -> dict[str, Any]
     except ValueError:
         pass
     raise LmtuneError(
-        f"--budget {budget!r}: expected steps:N, time:SECONDS or early-stopping[:MAX_EPOCHS]",
-        hint="e.g. --budget steps:300, --budget time:120, --budget early-stopping:10",
+        f"--budget {budget!r}: expected steps:N, time:SECONDS, early-stopping[:MAX_EPOCHS], auto or epochs",
+        hint="e.g. --budget steps:300, --budget time:120, --budget early-stopping:10, --budget auto",
     )
+
+
+def default_budget(base: dict[str, Any]) -> str:
+    """What `compare` spends without --budget or --steps: the config's epochs where it sets them
+    (train.epochs or train.max_steps), else `auto`, so that slow-starting methods are not
+    judged after one short pass."""
+    train = base.get("train") or {}
+    return "epochs" if "epochs" in train or train.get("max_steps") else "auto"
+
+
+def resolve_auto_budget(base: dict[str, Any], method: str, out: Path) -> dict[str, Any]:
+    """`auto` as steps:N for this config's training set (its rows, batch size and accumulation)."""
+    from lmtune.tasks import get_task_class
+
+    cfg = RunConfig.from_dict(_method_config(base, method, out / "probe", None), source="compare")
+    if cfg.data.train is None:
+        raise LmtuneError("--budget auto needs data.train", hint="give --train FILE or a budget in steps")
+    records, _ = get_task_class(cfg.task.type)(cfg).read_records(str(cfg.data.train), "train")
+    steps = auto_steps(len(records), cfg.train.batch_size, cfg.train.gradient_accumulation_steps)
+    return {"kind": "steps", "value": steps, "auto": True, "train_rows": len(records)}
 
 
 def apply_budget(base: dict[str, Any], budget: dict[str, Any] | None) -> None:
@@ -350,11 +385,13 @@ def compare(
     base.pop("sweep", None)
     if seeds < 1 or (steps is not None and steps < 1):
         raise LmtuneError(f"--seeds {seeds} / --steps {steps}: both must be at least 1")
-    spent = parse_budget(budget, steps)
-    apply_budget(base, spent)
+    spent = parse_budget(budget if budget is not None or steps is not None else default_budget(base), steps)
     chosen = methods or METHODS.names()
     for name in chosen:
         METHODS.get(name)  # unknown names fail here, with a suggestion, before anything trains
+    if spent is not None and spent["kind"] == "auto":
+        spent = resolve_auto_budget(base, chosen[0], out)
+    apply_budget(base, spent)
     if len(set(chosen)) != len(chosen):
         raise LmtuneError("--methods lists a method twice")
     settings = _settings(across)
@@ -396,7 +433,7 @@ def compare(
         "plots": plots,
     }
     write_json(out / "comparison.json", result)
-    _write_table(out, rows, metric, advice, across[0] if across else None)
+    _write_table(out, rows, metric, advice, across[0] if across else None, spent)
     return result
 
 
@@ -427,8 +464,28 @@ def _cell(row: dict[str, Any], key: str) -> str:
     return format_cell(row.get(key))
 
 
+def budget_text(budget: dict[str, Any] | None) -> str:
+    """The budget every method had, in words, for the table's heading."""
+    if budget is None:
+        return "the config's epochs"
+    kind, value = budget["kind"], budget["value"]
+    if kind == "steps" and budget.get("auto"):
+        return (
+            f"{value} optimizer steps (`auto` for {budget['train_rows']} training rows: {AUTO_EPOCHS:g} "
+            f"epochs, at least {AUTO_MIN_STEPS} and at most {AUTO_MAX_STEPS} steps)"
+        )
+    return {"steps": f"{value} optimizer steps", "time": f"{value:g} s of training"}.get(
+        kind, f"until validation stops improving, at most {value} epochs"
+    )
+
+
 def _write_table(
-    out: Path, rows: list[dict[str, Any]], metric: str, advice: dict[str, Any], across: str | None
+    out: Path,
+    rows: list[dict[str, Any]],
+    metric: str,
+    advice: dict[str, Any],
+    across: str | None,
+    budget: dict[str, Any] | None = None,
 ) -> None:
     with open(out / "comparison.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
@@ -437,6 +494,7 @@ def _write_table(
             writer.writerow([r.get(key) for key, _ in COLUMNS] + [r.get("reason", "")])
     lines = [
         f"# Method{f' x {across}' if across else ''} comparison (validation/test {metric})\n",
+        f"Every method's budget: {budget_text(budget)}.\n",
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|---|---|" + "---:|" * (len(COLUMNS) - 2),
     ]
