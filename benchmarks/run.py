@@ -68,7 +68,8 @@ SUITES: dict[str, dict[str, Any]] = {
         "learning_rate": 2e-4,
         "steps": 8,
         "metric": "eval loss",
-        "variants": ("trainer", "lmtune", "lmtune-fp32"),
+        # lmtune-ckpt: activation checkpointing (train.gradient_checkpointing), for peak memory.
+        "variants": ("trainer", "lmtune", "lmtune-fp32", "lmtune-ckpt"),
         "repeats": 1,
     },
     # freeze (top layer + head), 3 epochs: the activation cache on vs off.
@@ -94,7 +95,16 @@ SUITES: dict[str, dict[str, Any]] = {
         "repeats": 1,
     },
 }
-VARIANTS = ("tutorial", "trainer", "lmtune", "lmtune-nocache", "lmtune-bf16", "lmtune-fp32", "lmtune-nopack")
+VARIANTS = (
+    "tutorial",
+    "trainer",
+    "lmtune",
+    "lmtune-nocache",
+    "lmtune-bf16",
+    "lmtune-fp32",
+    "lmtune-nopack",
+    "lmtune-ckpt",
+)
 BATCH, MAX_LENGTH = 16, 128
 # Data subsets are drawn with DATA_SEED; repeat k trains with seed k (set per worker by --seed),
 # so the accuracy column's spread is run-to-run variation, not just timing noise.
@@ -294,7 +304,12 @@ def run_lmtune(suite: dict, files: dict[str, Path], precision: str = "auto") -> 
             {
                 "model": "all-MiniLM-L6-v2",
                 "method": {"name": suite["method"]}
-                | ({"r": LORA["r"], "alpha": LORA["alpha"]} if suite["method"] == "lora" else {}),
+                # The baseline's layers (lmtune's own default adapts every linear layer).
+                | (
+                    {"r": LORA["r"], "alpha": LORA["alpha"], "target_modules": LORA["targets"]}
+                    if suite["method"] == "lora"
+                    else {}
+                ),
                 "data": {
                     "train": str(files["train"]),
                     "validation": str(files["test"]),

@@ -79,7 +79,7 @@ def _minilm() -> str:
     return resolve_model("all-MiniLM-L6-v2").path
 
 
-def _ner_model(method: str) -> Any:
+def _ner_model(method: str, targets: Any = ("query", "value")) -> Any:
     from transformers import AutoModelForTokenClassification
 
     model = AutoModelForTokenClassification.from_pretrained(
@@ -96,7 +96,9 @@ def _ner_model(method: str) -> Any:
             r=LORA_R,
             lora_alpha=LORA_ALPHA,
             lora_dropout=0.1,
-            target_modules=["query", "value"],
+            # peft's "all-linear" would also wrap the classifier, which TOKEN_CLS already trains in
+            # full (modules_to_save): peft refuses the pair, so every block's linear layers by name.
+            target_modules=["query", "key", "value", "dense"] if targets == "all-linear" else list(targets),
         )
         model = get_peft_model(model, config)
     return model
@@ -170,7 +172,13 @@ def run_ner(variant: str, suite: dict, files: dict[str, Path]) -> dict[str, Any]
                 {
                     "model": "all-MiniLM-L6-v2",
                     "task": "ner",
-                    "method": {"name": "lora", "r": LORA_R, "alpha": LORA_ALPHA},
+                    # The baseline's layers (lmtune's own default adapts every linear layer).
+                    "method": {
+                        "name": "lora",
+                        "r": LORA_R,
+                        "alpha": LORA_ALPHA,
+                        "target_modules": ["query", "value"],
+                    },
                     "data": {
                         "train": str(files["train"]),
                         "validation": str(files["test"]),
@@ -339,7 +347,7 @@ def run_sft(variant: str, suite: dict, files: dict[str, Path]) -> dict[str, Any]
 
     torch.manual_seed(SEED)
     steps, lr = suite["steps"], suite["learning_rate"]
-    if variant in ("lmtune", "lmtune-nopack", "lmtune-fp32"):
+    if variant in ("lmtune", "lmtune-nopack", "lmtune-fp32", "lmtune-ckpt"):
         import lmtune
 
         with tempfile.TemporaryDirectory() as out:
@@ -352,7 +360,12 @@ def run_sft(variant: str, suite: dict, files: dict[str, Path]) -> dict[str, Any]
                         # lmtune-nopack: length-grouped batches of SFT_BATCH examples instead of packed rows.
                         "packing": False if variant == "lmtune-nopack" else "auto",
                     },
-                    "method": {"name": "lora", "r": LORA_R, "alpha": LORA_ALPHA},
+                    "method": {
+                        "name": "lora",
+                        "r": LORA_R,
+                        "alpha": LORA_ALPHA,
+                        "target_modules": ["q_proj", "v_proj"],  # the baseline's
+                    },
                     "data": {
                         "train": str(files["train"]),
                         "validation": str(files["test"]),
@@ -369,6 +382,7 @@ def run_sft(variant: str, suite: dict, files: dict[str, Path]) -> dict[str, Any]
                         "save_strategy": "no",
                         # auto: bf16 autocast on a CPU with native bf16; lmtune-fp32 shows the rest.
                         "precision": "fp32" if variant == "lmtune-fp32" else "auto",
+                        "gradient_checkpointing": variant == "lmtune-ckpt",
                     },
                     "output_dir": str(Path(out) / "run"),
                 }

@@ -32,9 +32,7 @@ def expected_trainable(method: str, model: torch.nn.Module) -> int | None:
     """What each method promises to train on BertForSequenceClassification (2 labels)."""
     head = HIDDEN * LABELS + LABELS
     pooler = HIDDEN * HIDDEN + HIDDEN
-    if method == "lora":  # r=8 on query and value of 6 layers, plus the classifier head
-        return LAYERS * 2 * 8 * (HIDDEN + HIDDEN) + head
-    if method == "qlora":  # r=8 on every linear layer (attention, FFN, pooler), plus the head
+    if method in ("lora", "qlora"):  # r=8 on every linear layer (attention, FFN, pooler), plus the head
         ffn = model.config.intermediate_size
         per_layer = 4 * 8 * (HIDDEN + HIDDEN) + 2 * 8 * (HIDDEN + ffn)
         return LAYERS * per_layer + 8 * (HIDDEN + HIDDEN) + head
@@ -47,8 +45,9 @@ def expected_trainable(method: str, model: torch.nn.Module) -> int | None:
     if method == "gradual-unfreeze":  # head in epoch 0, then one more top layer per epoch
         return (int(TRAIN_OVERRIDES[method]["epochs"]) - 1) * layer + pooler + head
     ffn = model.config.intermediate_size
-    if method == "dora":  # LoRA on query+value plus one magnitude per output feature
-        return LAYERS * 2 * (8 * (HIDDEN + HIDDEN) + HIDDEN) + head
+    if method == "dora":  # LoRA on every linear layer, plus one magnitude per output feature
+        per_layer = 4 * (8 * (HIDDEN + HIDDEN) + HIDDEN) + 8 * (HIDDEN + ffn) * 2 + ffn + HIDDEN
+        return LAYERS * per_layer + 8 * (HIDDEN + HIDDEN) + HIDDEN + head
     if method == "ia3":  # key, value (outputs), attention-out and FFN-out (inputs)
         return LAYERS * (3 * HIDDEN + ffn) + head
     if method == "adalora":  # init_r=12 SVD triplets on query+value

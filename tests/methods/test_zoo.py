@@ -82,8 +82,9 @@ def promised(method: str, hidden: int, layers: int, ffn: int, epochs: int = 3) -
     head = hidden * LABELS + LABELS
     pooler = hidden * hidden + hidden
     norms = (1 + 2 * layers) * 2 * hidden
-    if method == "dora":  # r=8 LoRA on query+value, plus one magnitude per output feature
-        return layers * 2 * (8 * (hidden + hidden) + hidden) + head
+    if method == "dora":  # r=8 LoRA on every linear layer, plus one magnitude per output feature
+        per_layer = 4 * (8 * (hidden + hidden) + hidden) + 8 * (hidden + ffn) * 2 + ffn + hidden
+        return layers * per_layer + 8 * (hidden + hidden) + hidden + head
     if method == "ia3":  # key, value outputs; attention-out and FFN-out inputs (peft's bert map)
         return layers * (hidden + hidden + hidden + ffn) + head
     if method == "adalora":  # init_r=12 SVD triplets on query+value

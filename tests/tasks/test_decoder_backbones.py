@@ -45,9 +45,11 @@ def test_gemma_lora_classifier_trains_and_reloads_identically(gemma_path: str, t
     run = train(RunConfig.from_dict(raw))
     assert type(run.model.base_model.model).__name__ == "Gemma3TextForSequenceClassification"
     t = run.metrics["train"]
-    # LoRA on q_proj and v_proj of 18 blocks (r 8) plus the 640 x 2 score head.
-    q, v = (640, 4 * 256), (640, 1 * 256)
-    assert t["trainable_params"] == 18 * 8 * (sum(q) + sum(v)) + 640 * 2
+    # LoRA (r 8) on every linear layer of 18 blocks, r x (in + out) each, plus the 640 x 2 score
+    # head, which is trained in full and not adapted.
+    attention = [(640, 4 * 256), (640, 256), (640, 256), (4 * 256, 640)]  # q, k, v, o
+    mlp = [(640, 2048), (640, 2048), (2048, 640)]  # gate, up, down
+    assert t["trainable_params"] == 18 * 8 * sum(i + o for i, o in attention + mlp) + 640 * 2
     texts = [r["review"] for r in chinese_reviews(6, 3)]
     reloaded = Run.load(run.directory).predict(texts)
     for ours, theirs in zip(run.predict(texts), reloaded, strict=True):

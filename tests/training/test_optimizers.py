@@ -124,8 +124,10 @@ def test_muon_takes_the_hidden_weight_matrices_and_adamw_the_rest(tiny_bert, tmp
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
     muon, adamw = groups_of(muon_trainer(model, tmp_path, method="lora"))
     assert muon and all(".lora_A." in n or ".lora_B." in n for n in muon)
-    assert len(muon) == 2 * 2 * 2  # A and B on query and value of 2 layers
-    assert adamw and all("classifier.modules_to_save" in n for n in adamw)
+    assert len(muon) == 2 * 6 * 2  # A and B on the 6 linear layers of 2 blocks (LoRA's default)
+    # The head, and LoRA on the pooler (not a hidden block's layer): AdamW.
+    assert adamw and all("classifier.modules_to_save" in n or ".pooler." in n for n in adamw)
+    assert any("classifier.modules_to_save" in n for n in adamw)
 
 
 def test_muon_leaves_tied_embeddings_and_norms_of_a_decoder_to_adamw(tiny_llama, tmp_path):
