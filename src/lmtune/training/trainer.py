@@ -225,6 +225,13 @@ class LmtuneTrainer(Trainer):
         with _SETUP_LOCK:
             return super()._prepare_for_training(*args, **kwargs)
 
+    def _get_dataloader(self, *args: Any, **kwargs: Any) -> Any:
+        """Trainer's train and eval loaders, also built through Accelerate's `prepare`, which reads
+        the same process-wide state: they take their turn too (seen in CI: "'AcceleratorState'
+        object has no attribute 'distributed_type'" in a parallel sweep trial)."""
+        with _SETUP_LOCK:
+            return super()._get_dataloader(*args, **kwargs)
+
     def create_optimizer(self, model: Any = None) -> Any:
         """The method's optimizer where it brings one (LoRA+), else lmtune's own for `train.optimizer`
         where lmtune builds it (Muon beside the Trainer's AdamW), else the Trainer's."""
@@ -474,4 +481,4 @@ def build_trainer(
         )
 
 
-_SETUP_LOCK = threading.Lock()
+_SETUP_LOCK = threading.RLock()  # reentrant: a setup step may build a loader inside another
