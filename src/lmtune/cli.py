@@ -519,6 +519,19 @@ def board(
 
 
 # ---- serve ------------------------------------------------------------------------------------
+def _adapter_flags(specs: list[str]) -> dict[str, str]:
+    """`--adapter NAME=RUN_DIR` flags as {name: run dir}, each name once."""
+    extra: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise LmtuneError(f"--adapter {spec!r}: expected NAME=RUN_DIR", hint="e.g. --adapter v2=runs/v2")
+        if name in extra:
+            raise LmtuneError(f"--adapter {name} is given twice")
+        extra[name] = path
+    return extra
+
+
 @app.command()
 def serve(
     ctx: typer.Context,
@@ -566,14 +579,7 @@ def serve(
 ) -> None:
     """Serve a run over HTTP: POST /predict, GET /info, /health, /metrics, /docs; for runs that
     generate text also OpenAI's /v1/chat/completions, /v1/completions and /v1/models."""
-    extra: dict[str, str] = {}
-    for spec in adapter or []:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise LmtuneError(f"--adapter {spec!r}: expected NAME=RUN_DIR", hint="e.g. --adapter v2=runs/v2")
-        if name in extra:
-            raise LmtuneError(f"--adapter {name} is given twice")
-        extra[name] = path
+    extra = _adapter_flags(adapter or [])
     if "torch" not in sys.modules:
         # OpenMP threads that spin between a forward's operations take the cores the event loop
         # and the clients need; sleeping ones gave 1.35x the requests/s at 16 clients on 2 cores
