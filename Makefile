@@ -46,6 +46,7 @@ format: setup
 # Side-by-side speed/memory/quality against the tutorial loop and Trainer+peft (needs ../shared/data).
 bench: setup
 	$(PY) benchmarks/run.py --data-dir $(DATA_DIR)
+	$(PY) benchmarks/eval_speed.py --data-dir $(DATA_DIR)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -335,7 +335,16 @@ class TrainConfig(_Strict):
     )
     group_by_length: bool = Field(default=True, description="Batch similar lengths together (less padding).")
     gradient_checkpointing: bool = False
-    torch_compile: bool = False
+    torch_compile: bool = Field(
+        default=False,
+        description="Compile the model (torch.compile); batch lengths are bucketed (pad_to_multiple_of).",
+    )
+    pad_to_multiple_of: int | None = Field(
+        default=None,
+        ge=1,
+        description="Round each batch's length up to a multiple of this, so a compiled step sees few "
+        "shapes. Default: 16 with torch_compile, no rounding otherwise.",
+    )
     fast_dropout: bool = Field(
         default=True,
         description="On CPU, draw dropout masks from a hash-based generator: the same distribution, "

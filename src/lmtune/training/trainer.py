@@ -471,7 +471,7 @@ def build_trainer(
             args=args,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset if args.eval_strategy != "no" else None,
-            data_collator=task.collator(tokenizer),
+            data_collator=_collator(cfg, task, tokenizer),
             processing_class=tokenizer,
             compute_metrics=task.trainer_metrics(),
             callbacks=callbacks,
@@ -479,6 +479,15 @@ def build_trainer(
             method=method or get_method_class(cfg.method.name)(cfg.method.options),
             train_optimizer=(cfg.train.optimizer, dict(cfg.train.optimizer_args)),
         )
+
+
+def _collator(cfg: RunConfig, task: Any, tokenizer: Any) -> Any:
+    """The task's collator, its batch lengths bucketed where the run asks (or compiles)."""
+    from lmtune.training.shape_buckets import BucketedCollator, bucket_multiple
+
+    collator = task.collator(tokenizer)
+    multiple = bucket_multiple(cfg.train.pad_to_multiple_of, cfg.train.torch_compile)
+    return BucketedCollator(collator, multiple, tokenizer) if multiple > 1 else collator
 
 
 _SETUP_LOCK = threading.RLock()  # reentrant: a setup step may build a loader inside another
