@@ -208,10 +208,12 @@ class LmtuneTrainer(Trainer):
             and not method.supports("virtual-tokens")
             and _can_select_logits(self.model)
         )
-        if self.args.activation_checkpointing:
+        if self.args.activation_checkpointing or self.args.torch_compile:
             # Recomputing a checkpointed block draws its masks again, further on in the step's
             # block, so the backward pass would see other masks than the forward did; torch's
-            # dropout restores its RNG state for the recompute.
+            # dropout restores its RNG state for the recompute. Under torch.compile the custom
+            # autograd mask does not trace (dynamo refuses its saved mask), and inductor fuses
+            # torch's dropout into the kernels around it anyway.
             fast_dropout.uninstall(self.model)
         self.dropout_rng = fast_dropout.rng_of(self.model)
         self._dropout_step = (-1, -1)  # (global step, micro-step) of the last training step
