@@ -7,7 +7,7 @@ batch 16, max_length 64, in its own process:
 - `eager`: no bucketing (lmtune's default);
 - `eager-buckets16`: batch lengths rounded up to multiples of 16 (`train.pad_to_multiple_of`),
   what the padding alone costs;
-- `compiled-buckets16`: `train.torch_compile` (which buckets by 16 by default);
+- `compiled-buckets16`: `train.torch_compile` with `train.pad_to_multiple_of: 16`;
 - `compiled-nobuckets`: every new length may recompile.
 Per step, wall time is recorded; the steady-state step is the median of the second half of the
 steps (every bucket seen by then), warm-up the rest: total minus steps x steady step (for the
@@ -37,8 +37,8 @@ from method_comparison import sst2_files
 VARIANTS = {
     "eager": {},
     "eager-buckets16": {"pad_to_multiple_of": 16},
-    "compiled-buckets16": {"torch_compile": True},
-    "compiled-nobuckets": {"torch_compile": True, "pad_to_multiple_of": 1},
+    "compiled-buckets16": {"torch_compile": True, "pad_to_multiple_of": 16},
+    "compiled-nobuckets": {"torch_compile": True},
 }
 BATCH = 16
 

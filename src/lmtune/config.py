@@ -335,15 +335,12 @@ class TrainConfig(_Strict):
     )
     group_by_length: bool = Field(default=True, description="Batch similar lengths together (less padding).")
     gradient_checkpointing: bool = False
-    torch_compile: bool = Field(
-        default=False,
-        description="Compile the model (torch.compile); batch lengths are bucketed (pad_to_multiple_of).",
-    )
+    torch_compile: bool = False
     pad_to_multiple_of: int | None = Field(
         default=None,
         ge=1,
-        description="Round each batch's length up to a multiple of this, so a compiled step sees few "
-        "shapes. Default: 16 with torch_compile, no rounding otherwise.",
+        description="Round each training batch's length up to a multiple of this (bounded shapes for "
+        "a compiled step, aligned lengths for tensor cores). Default: no rounding.",
     )
     fast_dropout: bool = Field(
         default=True,

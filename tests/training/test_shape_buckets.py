@@ -8,7 +8,6 @@ from transformers import BatchEncoding
 
 from lmtune.training.shape_buckets import (
     BucketedCollator,
-    bucket_multiple,
     bucketed_length,
     pad_batch_to_bucket,
 )
@@ -81,12 +80,6 @@ def test_the_wrapper_pads_and_forwards_the_collators_attributes(minilm_path):
     batch = collator([tokenizer("a short one"), tokenizer("and a somewhat longer sentence here")])
     assert batch["input_ids"].shape[1] == 16
     assert collator.train_sampler == "the task's sampler"
-
-
-def test_compiled_runs_bucket_by_default_and_others_only_when_asked():
-    assert bucket_multiple(None, torch_compile=True) == 16
-    assert bucket_multiple(None, torch_compile=False) == 1
-    assert bucket_multiple(8, torch_compile=False) == 8
 
 
 def test_a_runs_training_batches_are_bucketed(tiny_bert, sentiment_files, tmp_path, monkeypatch):

@@ -1,9 +1,11 @@
 """Shape buckets: round each batch's sequence length up to a multiple, so a compiled step sees few shapes.
 
-`torch.compile` specialises a graph on the shapes it traced; a data set of many lengths gives as many
-recompilations (minutes each on CPU) unless the lengths are bounded. Padding every batch up to a
-multiple of `multiple` (16 by default with `train.torch_compile`) bounds them at max_length / 16 shapes
-for at most multiple - 1 padded positions a row, which the attention mask hides from the real ones.
+Padding every batch up to a multiple of `multiple` (`train.pad_to_multiple_of`) bounds the shapes a
+step sees at max_length / multiple, for at most multiple - 1 padded positions a row, which the
+attention mask hides from the real ones: for backends that specialise on shapes, or kernels that
+want aligned lengths (tensor cores: 8). It is off by default: with `torch.compile` on CPU, dynamo
+switched to dynamic shapes after the second length and buckets of 16 saved no graphs, while their
+padding cost 22% of an eager MiniLM step (benchmarks/compile_buckets.py).
 
 transformers' collators take `pad_to_multiple_of`, but each task builds its own collator (some not
 from transformers), so this wraps whichever collator the task gives and pads the keys whose padding
@@ -72,10 +74,3 @@ class BucketedCollator:
         if name == "collator":
             raise AttributeError(name)
         return getattr(self.collator, name)
-
-
-def bucket_multiple(pad_to_multiple_of: int | None, torch_compile: bool) -> int:
-    """The configured multiple, or 16 for a compiled run and 1 (no bucketing) otherwise."""
-    if pad_to_multiple_of is not None:
-        return pad_to_multiple_of
-    return 16 if torch_compile else 1

@@ -484,12 +484,12 @@ def build_trainer(
 
 
 def _collator(cfg: RunConfig, task: Any, tokenizer: Any) -> Any:
-    """The task's collator, its batch lengths bucketed where the run asks (or compiles)."""
-    from lmtune.training.shape_buckets import BucketedCollator, bucket_multiple
+    """The task's collator, its batch lengths bucketed where the run asks."""
+    from lmtune.training.shape_buckets import BucketedCollator
 
     collator = task.collator(tokenizer)
-    multiple = bucket_multiple(cfg.train.pad_to_multiple_of, cfg.train.torch_compile)
-    return BucketedCollator(collator, multiple, tokenizer) if multiple > 1 else collator
+    multiple = cfg.train.pad_to_multiple_of
+    return BucketedCollator(collator, multiple, tokenizer) if multiple and multiple > 1 else collator
 
 
 _SETUP_LOCK = threading.RLock()  # reentrant: a setup step may build a loader inside another
