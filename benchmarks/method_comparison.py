@@ -13,7 +13,8 @@ number of optimizer steps) on seeded subsets of
 The data sets are not part of the project: the subsets are written to a temporary directory, or to
 --work DIR (outside the project), which a second call with the same --work and --out resumes:
 finished runs are reused.
-Writes the markdown document (tables, what won, the Pareto plots copied beside it).
+Updates the markdown document in place: each suite run replaces its own block (table, what won, the
+Pareto plot copied beside it); the other suites' blocks and the hand-written prose are kept.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import csv
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -160,35 +162,64 @@ def run_suite(name: str, suite: dict, args: argparse.Namespace) -> dict:
     return result
 
 
-def document(results: dict[str, dict], suites_: dict[str, dict], args: argparse.Namespace) -> str:
+# The generated part of each suite sits between these markers; the prose around them is hand-written
+# (what the numbers say, the step budget) and survives a rerun of one suite.
+BEGIN = "<!-- suite:{name} begin: written by benchmarks/method_comparison.py -->"
+END = "<!-- suite:{name} end -->"
+LAST_END = re.compile(r"<!-- suite:[\w-]+ end -->")
+INTRO = """# Method comparison on real data
+
+Each method trains in its own process on the same seeded subset, at its own default learning rate, for the
+same number of optimizer steps. Validation picks the checkpoint; test is reported beside it. Peak RSS is the
+method's own process. `converged: no` marks a method whose validation metric was still rising at the end: the
+shared step budget understates it. Rows are in registry order; see each suite's recommendation.
+"""
+
+
+def suite_section(name: str, result: dict, suite: dict, args: argparse.Namespace, doc_dir: Path) -> str:
+    """One suite's heading, table and Pareto plot (copied beside the document)."""
+    when = time.strftime("%Y-%m-%d", time.gmtime())
+    seeds = f"{args.seeds} seed{'s' if args.seeds > 1 else ''}"
+    table = (args.out / name / "comparison.md").read_text(encoding="utf-8").splitlines()
+    body = [line for line in table[1:] if not line.startswith("![")]
+    minutes = f"{result['wall_s'] / 60:.0f} min"
+    heading = f"## {suite['title']}: {suite['steps']} steps, {seeds}, {minutes} ({when})"
+    lines = [heading, "", *body]
+    pareto = args.out / name / "pareto.png"
+    if pareto.exists():
+        shutil.copyfile(pareto, doc_dir / f"{name}-pareto.png")
+        lines += ["", f"![{name} Pareto]({doc_dir.name}/{name}-pareto.png)"]
+    return "\n".join(lines).strip()
+
+
+def merge_sections(existing: str, sections: dict[str, str]) -> str:
+    """`existing` (or a new document) with each suite's block replaced in place, or added after the
+    last block; everything outside the blocks is kept as written."""
+    text = existing if existing.strip() else INTRO
+    for name, body in sections.items():
+        begin, end = BEGIN.format(name=name), END.format(name=name)
+        block = f"{begin}\n{body}\n{end}"
+        if begin in text and end in text.split(begin, 1)[1]:
+            head, rest = text.split(begin, 1)
+            text = head + block + rest.split(end, 1)[1]
+            continue
+        ends = list(LAST_END.finditer(text))
+        at = ends[-1].end() if ends else len(text.rstrip())
+        text = text[:at] + "\n\n" + block + "\n" + text[at:]
+    return text.rstrip() + "\n"
+
+
+def write_document(results: dict[str, dict], suites_: dict[str, dict], args: argparse.Namespace) -> None:
+    """Updates the suites run in `args.doc` (temp file, then rename: a cut run leaves the old one)."""
     doc_dir = args.doc.parent / args.doc.stem
     doc_dir.mkdir(parents=True, exist_ok=True)
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    lines = [
-        f"<!-- Written by benchmarks/method_comparison.py, {when}; 2 vCPUs, no GPU. -->",
-        "",
-        "# Method comparison on real data",
-        "",
-        "Each method trains in its own process on the same seeded subset, at its own default learning rate, "
-        f"for the same number of optimizer steps ({args.seeds} seed{'s' if args.seeds > 1 else ''} each). "
-        "Validation picks the checkpoint; test is reported beside it. Peak RSS is the method's own process. "
-        "`converged: no` marks a method whose validation metric was still rising at the end: the shared "
-        "step budget understates it. Rows are in registry order; see each suite's recommendation.",
-        "",
-    ]
-    for name, result in results.items():
-        table = (args.out / name / "comparison.md").read_text(encoding="utf-8").splitlines()
-        body = [line for line in table[1:] if not line.startswith("![")]
-        lines += [
-            f"## {suites_[name]['title']}: {suites_[name]['steps']} steps, {result['wall_s'] / 60:.0f} min",
-            "",
-        ]
-        lines += body
-        pareto = args.out / name / "pareto.png"
-        if pareto.exists():
-            shutil.copyfile(pareto, doc_dir / f"{name}-pareto.png")
-            lines += ["", f"![{name} Pareto]({doc_dir.name}/{name}-pareto.png)", ""]
-    return "\n".join(lines) + "\n"
+    sections = {
+        name: suite_section(name, result, suites_[name], args, doc_dir) for name, result in results.items()
+    }
+    existing = args.doc.read_text(encoding="utf-8") if args.doc.exists() else ""
+    tmp = args.doc.with_name(f".{args.doc.name}.tmp")
+    tmp.write_text(merge_sections(existing, sections), encoding="utf-8")
+    os.replace(tmp, args.doc)
 
 
 def main() -> int:
@@ -224,7 +255,7 @@ def main() -> int:
         results[name] = run_suite(name, chosen[name], args)
         print(f"{name}: {results[name]['wall_s'] / 60:.1f} min", file=sys.stderr)
         args.doc.parent.mkdir(parents=True, exist_ok=True)
-        args.doc.write_text(document(results, chosen, args), encoding="utf-8")  # after each suite
+        write_document(results, chosen, args)  # after each suite: a cut run keeps the suites done
     print(args.doc.read_text(encoding="utf-8"))
     return 0
 
