@@ -12,6 +12,8 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 DATA_DIR ?= ../shared/data
+# Test processes (pytest-xdist); each gets its share of the cores. 0 runs the suite in this process.
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-fast lint format bench clean
 
@@ -30,10 +32,10 @@ demo: setup
 	$(VENV)/bin/lmtune train examples/sentiment.yaml --overwrite
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

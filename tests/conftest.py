@@ -15,6 +15,25 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tests must not fill the user's tokenization cache (converted models stay in the shared cache).
 os.environ.setdefault("LMTUNE_TOKENIZED_CACHE", tempfile.mkdtemp(prefix="lmtune-test-tokenized-"))
+# pytest-xdist workers (`make test` runs two) share the cores: each takes its share of torch's
+# threads, or their OpenMP pools oversubscribe the cores and spin against each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
+# Directories whose session fixtures train runs that several of their files use: under xdist's
+# loadgroup their files stay on one worker, so each of those fixtures trains once.
+SHARED_FIXTURE_DIRS = {"board", "compress", "evaluation", "serving"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    root = Path(__file__).parent
+    for item in items:
+        parts = item.path.relative_to(root).parts
+        group = parts[0] if parts[0] in SHARED_FIXTURE_DIRS else "/".join(parts)
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True)

@@ -26,6 +26,11 @@ from lmtune.chaining import continued_adapter, is_run_dir, merged_model_dir
 from lmtune.errors import LmtuneError
 from lmtune.io import atomic_dir
 
+try:
+    import fcntl
+except ImportError:  # Windows: one process at a time is the user's to ensure
+    fcntl = None
+
 
 @dataclass(frozen=True)
 class PackagedModel:
@@ -224,13 +229,31 @@ def _packaged_path(model: PackagedModel) -> Path:
         return source
     target = cache_dir() / "models" / model.name
     if not (target / "model.safetensors").exists():
-        with MODEL_CONSTRUCTION_LOCK:
+        with _conversion_lock(target):
+            if (target / "model.safetensors").exists():  # another process converted it meanwhile
+                return target
             if model.assembled:
                 with _assembled_gguf(model) as joined:
                     _convert_gguf(joined, target)
             else:
                 _convert_gguf(source, target)
     return target
+
+
+@contextlib.contextmanager
+def _conversion_lock(target: Path) -> Iterator[None]:
+    """Held by the one thread and the one process converting `target`: two processes that need
+    the same model first (two trainings, two test workers) would each write it and swap the
+    directory under the other's reader. flock is released by the OS if the holder dies."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with MODEL_CONSTRUCTION_LOCK, open(target.parent / f".{target.name}.lock", "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
